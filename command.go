@@ -1,0 +1,174 @@
+package rocketchatvoip
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+)
+
+// dsnEnv is read when --dsn is not given, so that a password need not
+// appear on a command line.
+const dsnEnv = "ROCKETCHAT_VOIP_DSN"
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "rocketchat-voip",
+		Usage: "migrate|check|hash-token [--dsn <dsn>]",
+		Short: "Manage the rocketchat_voip module's MySQL schema and tokens",
+		Long: `
+Commands of the rocketchat_voip handler:
+
+  migrate      apply the embedded schema migrations (--status: only show the version)
+  check        verify that a database is ready for the gateway
+  hash-token   print Rocket.Chat's hash of a login token read from stdin
+
+The DSN is taken from --dsn, or else from $` + dsnEnv + `.`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.AddCommand(migrateCommand(), checkCommand(), hashTokenCommand())
+		},
+	})
+}
+
+func addDSNFlag(c *cobra.Command) {
+	c.Flags().String("dsn", "", "go-sql-driver/mysql DSN (default: $"+dsnEnv+")")
+}
+
+// openFromFlags opens the database named by --dsn or the environment.
+func openFromFlags(c *cobra.Command) (*sql.DB, string, error) {
+	dsn, _ := c.Flags().GetString("dsn")
+	if dsn == "" {
+		dsn = os.Getenv(dsnEnv)
+	}
+	if dsn == "" {
+		return nil, "", fmt.Errorf("no DSN: pass --dsn or set %s", dsnEnv)
+	}
+	cfg, err := NormalizeDSN(dsn)
+	if err != nil {
+		return nil, "", err
+	}
+	db, err := OpenDB(c.Context(), cfg)
+	return db, describeDSN(cfg), err
+}
+
+func migrateCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "migrate [--dsn <dsn>] [--status]",
+		Short: "Apply the embedded schema migrations (idempotent)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			db, where, err := openFromFlags(c)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
+			defer cancel()
+			if status, _ := c.Flags().GetBool("status"); status {
+				v, err := schema.Version(ctx, db)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "%s: schema version %d, this build needs %d\n", where, v, schema.Latest())
+				if v < schema.Latest() {
+					return errors.New("schema is behind: run 'caddy rocketchat-voip migrate'")
+				}
+				return nil
+			}
+			applied, err := schema.Migrate(ctx, db)
+			if err != nil {
+				return err
+			}
+			if len(applied) == 0 {
+				fmt.Fprintf(c.OutOrStdout(), "%s: schema already at version %d\n", where, schema.Latest())
+			} else {
+				fmt.Fprintf(c.OutOrStdout(), "%s: applied migrations %v, schema at version %d\n", where, applied, schema.Latest())
+			}
+			return nil
+		},
+	}
+	addDSNFlag(c)
+	c.Flags().Bool("status", false, "only print the schema version; exit 1 if it is behind")
+	return c
+}
+
+func checkCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "check [--dsn <dsn>]",
+		Short: "Check that a database is ready: reachable, schema current, permission rows present",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			db, where, err := openFromFlags(c)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			ctx, cancel := context.WithTimeout(c.Context(), time.Minute)
+			defer cancel()
+			problems := checkDatabase(ctx, db)
+			for _, p := range problems {
+				fmt.Fprintln(c.OutOrStdout(), "problem:", p)
+			}
+			if len(problems) > 0 {
+				return fmt.Errorf("%s: %d problem(s)", where, len(problems))
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: ok (schema version %d)\n", where, schema.Latest())
+			return nil
+		},
+	}
+	addDSNFlag(c)
+	return c
+}
+
+// checkDatabase lists what would stop the gateway from answering correctly.
+func checkDatabase(ctx context.Context, db *sql.DB) []string {
+	if err := schema.Check(ctx, db); err != nil {
+		return []string{err.Error()}
+	}
+	var problems []string
+	for _, perm := range []string{auth.PermissionInboundVoipCalls, auth.PermissionBypassRateLimitAPI} {
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM permission_roles WHERE permission = ?", perm).Scan(&n); err != nil {
+			problems = append(problems, fmt.Sprintf("reading permission_roles: %v", err))
+			break
+		}
+		if n == 0 {
+			problems = append(problems, fmt.Sprintf("no role grants %q: nobody can use this route as intended (see permission_roles)", perm))
+		}
+	}
+	return problems
+}
+
+func hashTokenCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "hash-token < token",
+		Short: "Print Rocket.Chat's hash of a login token read from stdin (for user_login_tokens.hashed_token)",
+		Long: `Reads one token from standard input (a trailing newline is dropped) and prints
+base64(sha256(token)), the value Rocket.Chat stores as hashedToken. The token is
+read from stdin so that it never appears in a shell history or process list.`,
+		Args: cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			line, err := bufio.NewReader(c.InOrStdin()).ReadString('\n')
+			if err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			token := strings.TrimRight(line, "\r\n")
+			if token == "" {
+				return errors.New("no token on stdin")
+			}
+			fmt.Fprintln(c.OutOrStdout(), auth.HashLoginToken(token))
+			return nil
+		},
+	}
+}

@@ -1,0 +1,210 @@
+package rocketchatvoip
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
+)
+
+// Outcome names one row of the contract table (and the extra rows of the
+// gateway's own). They are the values of {http.rocketchat_voip.outcome}.
+const (
+	OutcomeClosed        = "closed"
+	OutcomeUnauthorized  = "unauthorized"
+	OutcomeRateLimited   = "rate_limited"
+	OutcomeInvalidParams = "invalid_params"
+	OutcomeForbidden     = "forbidden"
+	OutcomeInvalidToken  = "invalid_token"
+	OutcomeInvalidRoom   = "invalid_room"
+	OutcomeRoomClosed    = "room_closed"
+	OutcomeTooLarge      = "too_large"
+	OutcomeBadBody       = "unreadable_body"
+	OutcomeUnavailable   = "unavailable"
+	OutcomeInternalError = "internal_error"
+)
+
+// Placeholders set on every handled request.
+const (
+	placeholderOutcome = "http.rocketchat_voip.outcome"
+	placeholderUserID  = "http.rocketchat_voip.user_id"
+	placeholderRid     = "http.rocketchat_voip.rid"
+)
+
+// ServeHTTP answers POST <path>; everything else goes to next untouched. A
+// handled request is never passed on, whatever its outcome.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Method != http.MethodPost || r.URL.Path != h.Path {
+		return next.ServeHTTP(w, r)
+	}
+	h.serveRoomClose(w, r)
+	return nil
+}
+
+// requestState is what one handled request learned, for the response, the
+// placeholders and the log line.
+type requestState struct {
+	start   time.Time
+	outcome string
+	userID  string
+	rid     string
+	err     error
+}
+
+func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
+	st := &requestState{start: time.Now()}
+	wrote := false
+	respond := func(status int, outcome string, body []byte) {
+		st.outcome = outcome
+		wrote = true
+		writeJSON(w, status, body)
+	}
+	defer func() {
+		if rec := recover(); rec != nil {
+			h.logger.Error("panic while handling room.close", zap.Any("panic", rec), zap.Stack("stack"))
+			if !wrote {
+				respond(http.StatusInternalServerError, OutcomeInternalError, bodyInternalError)
+			}
+		}
+		h.finish(r, st)
+	}()
+
+	body, err := readBody(w, r, h.MaxBody)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			respond(http.StatusRequestEntityTooLarge, OutcomeTooLarge, bodyTooLarge)
+		} else {
+			st.err = err
+			respond(http.StatusBadRequest, OutcomeBadBody, bodyUnreadable)
+		}
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout))
+	defer cancel()
+
+	// 1. authentication (the same query also reads the permissions)
+	user, err := h.auth.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"))
+	if errors.Is(err, auth.ErrUnauthorized) {
+		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
+		return
+	}
+	if err != nil {
+		st.err = err
+		respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
+		return
+	}
+	st.userID = user.ID
+
+	// 2. rate limit, counted only for authenticated requests
+	if h.limiter != nil && !user.BypassRateLimit {
+		d := h.limiter.Take(clientIP(r))
+		hdr := w.Header()
+		hdr.Set("X-RateLimit-Limit", strconv.Itoa(d.Limit))
+		hdr.Set("X-RateLimit-Remaining", strconv.Itoa(d.Remaining))
+		hdr.Set("X-RateLimit-Reset", strconv.FormatInt(d.Reset.UnixMilli(), 10))
+		if !d.Allowed {
+			respond(http.StatusTooManyRequests, OutcomeRateLimited, tooManyRequestsBody(d.RetryAfterSeconds(h.limiter.Now())))
+			return
+		}
+	}
+
+	// 3. body validation
+	p, verr := params.Parse(r.Header.Get("Content-Type"), body)
+	if verr != nil {
+		respond(http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(verr))
+		return
+	}
+	st.rid = p.Rid
+
+	// 4. permission
+	if !user.CanCloseRooms {
+		respond(http.StatusForbidden, OutcomeForbidden, bodyForbidden)
+		return
+	}
+
+	// 5-8. visitor, room, close
+	req := roomstore.CloseRequest{
+		Rid:          p.Rid,
+		VisitorToken: p.Token,
+		Agent:        roomstore.Agent{ID: user.ID, Username: user.Username, Name: user.Name},
+		Tags:         p.Tags,
+	}
+	if p.Comment != nil {
+		req.Comment = *p.Comment
+	}
+	_, err = h.rooms.CloseRoom(ctx, req)
+	switch {
+	case err == nil:
+		respond(http.StatusOK, OutcomeClosed, successBody(p.Rid))
+	case errors.Is(err, roomstore.ErrInvalidToken):
+		respond(http.StatusBadRequest, OutcomeInvalidToken, bodyInvalidToken)
+	case errors.Is(err, roomstore.ErrInvalidRoom):
+		respond(http.StatusBadRequest, OutcomeInvalidRoom, bodyInvalidRoom)
+	case errors.Is(err, roomstore.ErrRoomClosed):
+		respond(http.StatusBadRequest, OutcomeRoomClosed, bodyRoomClosed)
+	default:
+		st.err = err
+		respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
+	}
+}
+
+// finish sets the placeholders and logs the request. Tokens are never
+// logged; the user id and room id are not secrets.
+func (h *Handler) finish(r *http.Request, st *requestState) {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(placeholderOutcome, st.outcome)
+		repl.Set(placeholderUserID, st.userID)
+		repl.Set(placeholderRid, st.rid)
+	}
+	fields := []zap.Field{
+		zap.String("outcome", st.outcome),
+		zap.String("user_id", st.userID),
+		zap.String("rid", st.rid),
+		zap.Duration("duration", time.Since(st.start)),
+	}
+	switch {
+	case st.outcome == OutcomeUnavailable:
+		h.logger.Error("database failure on room.close", append(fields, zap.Error(st.err))...)
+	case st.err != nil:
+		h.logger.Warn("room.close failed", append(fields, zap.Error(st.err))...)
+	default:
+		if ce := h.logger.Check(zap.DebugLevel, "room.close handled"); ce != nil {
+			ce.Write(fields...)
+		}
+	}
+}
+
+// readBody reads at most max bytes of the body; a longer body is an
+// *http.MaxBytesError.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	if r.ContentLength > max {
+		return nil, &http.MaxBytesError{Limit: max}
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+}
+
+// clientIP is Caddy's idea of the client address, which honours
+// trusted_proxies.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

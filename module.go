@@ -1,0 +1,296 @@
+// Package rocketchatvoip is a Caddy HTTP handler that answers Rocket.Chat's
+// POST /api/v1/voip/room.close at the edge, from MySQL, and passes every
+// other request to the next handler (normally reverse_proxy to Rocket.Chat).
+//
+// The wire contract is Rocket.Chat's own; see README.md for the deliberate
+// differences.
+package rocketchatvoip
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/go-sql-driver/mysql"
+	"go.uber.org/zap"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/ratelimit"
+	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
+	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults, all Rocket.Chat's where Rocket.Chat has one.
+const (
+	DefaultPath            = "/api/v1/voip/room.close"
+	DefaultLoginExpiration = 90 * 24 * time.Hour // Accounts_LoginExpiration
+	DefaultRateLimit       = 10                  // API_Enable_Rate_Limiter_Limit_Calls_Default
+	DefaultRateLimitWindow = time.Minute         // API_Enable_Rate_Limiter_Limit_Time_Default
+	DefaultMaxBody         = 1 << 20
+	DefaultDBTimeout       = 3 * time.Second
+	DefaultCompat          = 6
+	DefaultMaxOpenConns    = 64
+)
+
+// Handler answers POST voip/room.close from MySQL.
+type Handler struct {
+	// DSN is the go-sql-driver/mysql data source name, for example
+	// "gw:secret@tcp(db:3306)/rocketchat". Required. Placeholders such as
+	// {env.ROCKETCHAT_VOIP_DSN} are expanded. The gateway always sets
+	// parseTime=true and loc=UTC, and never interpolates parameters.
+	DSN string `json:"dsn,omitempty"`
+
+	// Migrate applies the embedded schema migrations at start. Without it,
+	// a database whose schema is older than this build needs is an error.
+	Migrate bool `json:"migrate,omitempty"`
+
+	// Path is the exact request path that is handled. Default:
+	// /api/v1/voip/room.close.
+	Path string `json:"path,omitempty"`
+
+	// LoginExpiration is how long a login (resume) token is valid after its
+	// creation, Rocket.Chat's Accounts_LoginExpiration. Personal access
+	// tokens never expire. Default: 90 days.
+	LoginExpiration caddy.Duration `json:"login_expiration,omitempty"`
+
+	// RateLimit configures Rocket.Chat's default API rate limiter for this
+	// route. Default: 10 requests per 60s per client IP.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// MaxBody is the largest request body accepted, in bytes; larger bodies
+	// get 413. Default: 1 MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// DBTimeout bounds all database work of one request; past it the
+	// request gets 503 and nothing is written. Default: 3s.
+	DBTimeout caddy.Duration `json:"db_timeout,omitempty"`
+
+	// Compat selects the 401 body: 6 for the published API page's (default),
+	// 7 for Rocket.Chat 7.x's.
+	Compat int `json:"compat,omitempty"`
+
+	// MaxOpenConns caps the connections of the pool shared by every handler
+	// with the same DSN. Default: 64.
+	MaxOpenConns int `json:"max_open_conns,omitempty"`
+
+	logger  *zap.Logger
+	poolKey string
+	db      *sql.DB
+	auth    *auth.Authenticator
+	rooms   *roomstore.Store
+	limiter *ratelimit.Limiter
+	// unauthorized is the 401 body chosen by Compat.
+	unauthorized []byte
+}
+
+// RateLimit is the rate limiter's configuration.
+type RateLimit struct {
+	// Off disables rate limiting.
+	Off bool `json:"off,omitempty"`
+	// Requests allowed per client IP in each window.
+	Requests int `json:"requests,omitempty"`
+	// Window is the length of the fixed window.
+	Window caddy.Duration `json:"window,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.rocketchat_voip",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// pools holds one *sql.DB per DSN, shared by every config that names it, so
+// a reload reuses connections and the last user to go closes them.
+var pools = caddy.NewUsagePool()
+
+type pooledDB struct{ *sql.DB }
+
+func (p pooledDB) Destruct() error { return p.DB.Close() }
+
+func (h *Handler) applyDefaults() {
+	if h.Path == "" {
+		h.Path = DefaultPath
+	}
+	if h.LoginExpiration == 0 {
+		h.LoginExpiration = caddy.Duration(DefaultLoginExpiration)
+	}
+	if h.RateLimit == nil {
+		h.RateLimit = &RateLimit{}
+	}
+	if h.RateLimit.Requests == 0 {
+		h.RateLimit.Requests = DefaultRateLimit
+	}
+	if h.RateLimit.Window == 0 {
+		h.RateLimit.Window = caddy.Duration(DefaultRateLimitWindow)
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	if h.DBTimeout == 0 {
+		h.DBTimeout = caddy.Duration(DefaultDBTimeout)
+	}
+	if h.Compat == 0 {
+		h.Compat = DefaultCompat
+	}
+	if h.MaxOpenConns == 0 {
+		h.MaxOpenConns = DefaultMaxOpenConns
+	}
+}
+
+// Provision connects to MySQL (or reuses the pool of an earlier config with
+// the same DSN), checks or migrates the schema, and prepares every statement
+// the request path uses.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.applyDefaults()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	dsn := caddy.NewReplacer().ReplaceAll(h.DSN, "")
+	cfg, err := NormalizeDSN(dsn)
+	if err != nil {
+		return err
+	}
+	h.poolKey = cfg.FormatDSN()
+	val, _, err := pools.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		db, err := OpenDB(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return pooledDB{db}, nil
+	})
+	if err != nil {
+		h.poolKey = ""
+		return err
+	}
+	h.db = val.(pooledDB).DB
+	h.db.SetMaxOpenConns(h.MaxOpenConns)
+	h.db.SetMaxIdleConns(h.MaxOpenConns)
+
+	setupCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if h.Migrate {
+		applied, err := schema.Migrate(setupCtx, h.db)
+		if err != nil {
+			return fmt.Errorf("migrating %s: %w", describeDSN(cfg), err)
+		}
+		if len(applied) > 0 {
+			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
+		}
+	} else if err := schema.Check(setupCtx, h.db); err != nil {
+		return fmt.Errorf("%s: %w", describeDSN(cfg), err)
+	}
+
+	if h.auth, err = auth.NewAuthenticator(setupCtx, h.db, time.Duration(h.LoginExpiration)); err != nil {
+		return fmt.Errorf("preparing statements: %w", err)
+	}
+	if h.rooms, err = roomstore.New(setupCtx, h.db); err != nil {
+		return fmt.Errorf("preparing statements: %w", err)
+	}
+	if !h.RateLimit.Off {
+		h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
+	}
+	h.unauthorized = bodyUnauthorized6
+	if h.Compat == 7 {
+		h.unauthorized = bodyUnauthorized7
+	}
+	return nil
+}
+
+// Validate checks the configuration. Provision calls it before connecting,
+// after filling in defaults.
+func (h *Handler) Validate() error {
+	switch {
+	case h.DSN == "":
+		return errors.New("rocketchat_voip: dsn is required")
+	case len(h.Path) == 0 || h.Path[0] != '/':
+		return fmt.Errorf("rocketchat_voip: path %q must start with /", h.Path)
+	case h.LoginExpiration < 0:
+		return errors.New("rocketchat_voip: login_expiration must not be negative")
+	case h.RateLimit != nil && !h.RateLimit.Off && (h.RateLimit.Requests < 0 || h.RateLimit.Window < 0):
+		return errors.New("rocketchat_voip: rate_limit needs a positive count and window")
+	case h.MaxBody < 0:
+		return errors.New("rocketchat_voip: max_body must be positive")
+	case h.DBTimeout < 0:
+		return errors.New("rocketchat_voip: db_timeout must be positive")
+	case h.Compat != 0 && h.Compat != 6 && h.Compat != 7:
+		return fmt.Errorf("rocketchat_voip: compat must be 6 or 7, not %d", h.Compat)
+	case h.MaxOpenConns < 0:
+		return errors.New("rocketchat_voip: max_open_conns must be positive")
+	}
+	return nil
+}
+
+// Cleanup releases the statements and this config's hold on the pool.
+func (h *Handler) Cleanup() error {
+	if h.auth != nil {
+		h.auth.Close()
+	}
+	if h.rooms != nil {
+		h.rooms.Close()
+	}
+	if h.poolKey != "" {
+		_, err := pools.Delete(h.poolKey)
+		return err
+	}
+	return nil
+}
+
+// NormalizeDSN parses dsn and sets what the gateway relies on: times parsed
+// as UTC, and server-side prepared statements (no client interpolation, no
+// multi-statements).
+func NormalizeDSN(dsn string) (*mysql.Config, error) {
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		// The parser's messages do not echo the DSN, so no password leaks.
+		return nil, fmt.Errorf("rocketchat_voip: invalid dsn: %v", err)
+	}
+	cfg.ParseTime = true
+	cfg.Loc = time.UTC
+	cfg.InterpolateParams = false
+	cfg.MultiStatements = false
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second // dialing; request work is bounded by db_timeout
+	}
+	return cfg, nil
+}
+
+// OpenDB opens a pool for cfg and checks that the server answers.
+func OpenDB(ctx context.Context, cfg *mysql.Config) (*sql.DB, error) {
+	connector, err := mysql.NewConnector(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("rocketchat_voip: %v", err)
+	}
+	db := sql.OpenDB(connector)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pingCtx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("rocketchat_voip: cannot connect to MySQL at %s: %v", describeDSN(cfg), err)
+	}
+	return db, nil
+}
+
+// describeDSN names the server and database without the credentials.
+func describeDSN(cfg *mysql.Config) string {
+	return fmt.Sprintf("%s(%s)/%s", cfg.Net, cfg.Addr, cfg.DBName)
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,251 @@
+// Package params reads and validates the body of POST voip/room.close the
+// way Rocket.Chat does: its body parsing rules, then its AJV schema
+// (isVoipRoomCloseProps, compiled with coerceTypes: true and allErrors off),
+// reproduced check for check so that the first error and its message are
+// the same as Rocket.Chat's.
+package params
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// Params is a valid, coerced room.close body.
+type Params struct {
+	Rid   string
+	Token string
+	// Comment is options.comment; nil when absent or null.
+	Comment *string
+	// Tags is options.tags; nil when absent, null or coerced to null.
+	Tags []string
+}
+
+// Error is a validation failure; its message is AJV's, without a field path.
+type Error struct{ Message string }
+
+func (e *Error) Error() string { return e.Message }
+
+// The messages AJV produces for this schema.
+var (
+	errMustBeObject   = &Error{"must be object"}
+	errMustBeString   = &Error{"must be string"}
+	errMustBeArray    = &Error{"must be array"}
+	errRequiredRid    = &Error{"must have required property 'rid'"}
+	errRequiredToken  = &Error{"must have required property 'token'"}
+	errAdditionalProp = &Error{"must NOT have additional properties"}
+)
+
+var utf8BOM = []byte("\xef\xbb\xbf")
+
+// Decode turns a request body into the value Rocket.Chat would validate,
+// following its body-parsing rules: the content type is matched with a
+// case-sensitive "contains"; JSON that does not parse becomes {}; a form
+// becomes an object of strings (the last of repeated keys wins); any other
+// body becomes an object with no 'rid'.
+func Decode(contentType string, body []byte) any {
+	switch {
+	case strings.Contains(contentType, "application/json"):
+		body = bytes.TrimPrefix(body, utf8BOM)
+		if !json.Valid(body) {
+			return map[string]any{}
+		}
+		dec := json.NewDecoder(bytes.NewReader(body))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return map[string]any{}
+		}
+		return v
+	case strings.Contains(contentType, "application/x-www-form-urlencoded"):
+		return decodeForm(string(body))
+	default:
+		// Rocket.Chat spreads a text body into an object ({0:'a',1:'b',…}),
+		// which never has 'rid'. An empty object says the same.
+		return map[string]any{}
+	}
+}
+
+func decodeForm(s string) map[string]any {
+	out := map[string]any{}
+	for s != "" {
+		var pair string
+		pair, s, _ = strings.Cut(s, "&")
+		if pair == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(pair, "=")
+		out[formUnescape(k)] = formUnescape(v)
+	}
+	return out
+}
+
+func formUnescape(s string) string {
+	if u, err := url.QueryUnescape(s); err == nil {
+		return u
+	}
+	return s // a malformed escape is kept as sent rather than failing the body
+}
+
+// Validate checks v against the room.close schema and returns the coerced
+// parameters or the first error, in AJV's order: type of the body, required
+// properties (rid, then token), additional properties, then each property's
+// type (rid, token, options.comment, options.tags, each tag).
+func Validate(v any) (Params, *Error) {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return Params{}, errMustBeObject
+	}
+	rawRid, hasRid := obj["rid"]
+	if !hasRid {
+		return Params{}, errRequiredRid
+	}
+	rawToken, hasToken := obj["token"]
+	if !hasToken {
+		return Params{}, errRequiredToken
+	}
+	for k := range obj {
+		if k != "rid" && k != "token" && k != "options" {
+			return Params{}, errAdditionalProp
+		}
+	}
+	var p Params
+	var err *Error
+	if p.Rid, err = coerceString(rawRid); err != nil {
+		return Params{}, err
+	}
+	if p.Token, err = coerceString(rawToken); err != nil {
+		return Params{}, err
+	}
+	rawOptions, hasOptions := obj["options"]
+	if !hasOptions {
+		return p, nil
+	}
+	options, ok := rawOptions.(map[string]any)
+	if !ok {
+		return Params{}, errMustBeObject
+	}
+	if c, present := options["comment"]; present && c != nil {
+		s, err := coerceString(c)
+		if err != nil {
+			return Params{}, err
+		}
+		p.Comment = &s
+	}
+	if t, present := options["tags"]; present {
+		if p.Tags, err = coerceTags(t); err != nil {
+			return Params{}, err
+		}
+	}
+	return p, nil
+}
+
+// Parse is Decode followed by Validate.
+func Parse(contentType string, body []byte) (Params, *Error) {
+	return Validate(Decode(contentType, body))
+}
+
+// coerceString applies AJV's coercion to type "string": numbers and booleans
+// become their JavaScript string, null becomes "", objects and arrays fail.
+func coerceString(v any) (string, *Error) {
+	switch x := v.(type) {
+	case string:
+		return x, nil
+	case json.Number:
+		return jsNumberString(string(x)), nil
+	case bool:
+		return strconv.FormatBool(x), nil
+	case nil:
+		return "", nil
+	default:
+		return "", errMustBeString
+	}
+}
+
+// coerceTags applies type ["array","null"]: null stays null, AJV coerces
+// "", 0 and false to null, each item is coerced to a string.
+func coerceTags(v any) ([]string, *Error) {
+	switch x := v.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		if x == "" {
+			return nil, nil
+		}
+	case bool:
+		if !x {
+			return nil, nil
+		}
+	case json.Number:
+		if f, err := strconv.ParseFloat(string(x), 64); err == nil && f == 0 {
+			return nil, nil
+		}
+	case []any:
+		tags := make([]string, len(x))
+		for i, item := range x {
+			s, err := coerceString(item)
+			if err != nil {
+				return nil, err
+			}
+			tags[i] = s
+		}
+		return tags, nil
+	}
+	return nil, errMustBeArray
+}
+
+// jsNumberString formats a JSON number literal as JavaScript's String(n)
+// would after JSON.parse: the shortest round-trip digits of the double,
+// in plain notation from 1e-6 up to 1e21 and exponent notation outside.
+func jsNumberString(lit string) string {
+	f, err := strconv.ParseFloat(lit, 64)
+	if err != nil && !math.IsInf(f, 0) {
+		return lit // cannot happen for a literal the JSON decoder accepted
+	}
+	switch {
+	case math.IsInf(f, 1):
+		return "Infinity"
+	case math.IsInf(f, -1):
+		return "-Infinity"
+	case f == 0:
+		return "0"
+	}
+	var b strings.Builder
+	if f < 0 {
+		b.WriteByte('-')
+		f = -f
+	}
+	e := strconv.FormatFloat(f, 'e', -1, 64) // d.ddddde±XX
+	mant, expStr, _ := strings.Cut(e, "e")
+	digits := strings.Replace(mant, ".", "", 1)
+	exp, _ := strconv.Atoi(expStr)
+	k, n := len(digits), exp+1
+	switch {
+	case k <= n && n <= 21:
+		b.WriteString(digits)
+		b.WriteString(strings.Repeat("0", n-k))
+	case 0 < n && n <= 21:
+		b.WriteString(digits[:n])
+		b.WriteByte('.')
+		b.WriteString(digits[n:])
+	case -6 < n && n <= 0:
+		b.WriteString("0.")
+		b.WriteString(strings.Repeat("0", -n))
+		b.WriteString(digits)
+	default:
+		b.WriteByte(digits[0])
+		if k > 1 {
+			b.WriteByte('.')
+			b.WriteString(digits[1:])
+		}
+		b.WriteByte('e')
+		if n-1 >= 0 {
+			b.WriteByte('+')
+		}
+		b.WriteString(strconv.Itoa(n - 1))
+	}
+	return b.String()
+}

@@ -1,0 +1,183 @@
+// Package schema holds the gateway's MySQL schema as embedded, versioned
+// migrations (see shared/spec/schema.md for the contract they implement).
+//
+// The SQL is plain DDL and INSERT IGNORE that runs unchanged on MariaDB 10.11+,
+// MySQL 8.0+ and TiDB. MySQL commits DDL implicitly, so a migration is not one
+// transaction; instead every statement is idempotent and a migration is
+// recorded only after all of its statements ran, so running again after an
+// interruption finishes the job.
+package schema
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// VersionTable records the migrations applied to a database.
+const VersionTable = "rocketchat_voip_schema_migrations"
+
+// lockName serialises migrations of gateways that start at the same time.
+const lockName = "rocketchat_voip_migrate"
+
+// Migration is one embedded migration file.
+type Migration struct {
+	Version    int
+	Name       string
+	Statements []string
+}
+
+// Migrations returns the embedded migrations in version order.
+func Migrations() ([]Migration, error) {
+	entries, err := fs.ReadDir(migrationFiles, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	var out []Migration
+	for _, e := range entries {
+		name := e.Name()
+		num, _, ok := strings.Cut(name, "_")
+		if !ok {
+			return nil, fmt.Errorf("migration %s: name must start with NNNN_", name)
+		}
+		v, err := strconv.Atoi(num)
+		if err != nil {
+			return nil, fmt.Errorf("migration %s: %v", name, err)
+		}
+		body, err := migrationFiles.ReadFile("migrations/" + name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Migration{Version: v, Name: strings.TrimSuffix(name, ".sql"), Statements: splitStatements(string(body))})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
+	return out, nil
+}
+
+// Latest is the schema version this build of the gateway needs.
+func Latest() int {
+	ms, err := Migrations()
+	if err != nil || len(ms) == 0 {
+		return 0
+	}
+	return ms[len(ms)-1].Version
+}
+
+// splitStatements cuts a migration file into statements at semicolons that end
+// a line. Comment lines are dropped. The files are ours, so this simple rule
+// is enough and avoids the driver's multiStatements mode.
+func splitStatements(src string) []string {
+	var stmts []string
+	var cur strings.Builder
+	for _, line := range strings.Split(src, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
+			continue
+		}
+		cur.WriteString(line)
+		cur.WriteByte('\n')
+		if strings.HasSuffix(trimmed, ";") {
+			stmts = append(stmts, strings.TrimSuffix(strings.TrimSpace(cur.String()), ";"))
+			cur.Reset()
+		}
+	}
+	if s := strings.TrimSpace(cur.String()); s != "" {
+		stmts = append(stmts, s)
+	}
+	return stmts
+}
+
+// Version returns the highest migration version applied to db, or 0 when
+// the database has never been migrated.
+func Version(ctx context.Context, db *sql.DB) (int, error) {
+	var v sql.NullInt64
+	err := db.QueryRowContext(ctx, "SELECT MAX(version) FROM "+VersionTable).Scan(&v)
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1146 { // ER_NO_SUCH_TABLE
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return int(v.Int64), nil
+}
+
+// Check returns an error that tells the operator what to do when db's schema
+// is older than this build needs.
+func Check(ctx context.Context, db *sql.DB) error {
+	have, err := Version(ctx, db)
+	if err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if want := Latest(); have < want {
+		return fmt.Errorf("database schema is at version %d, this gateway needs %d: "+
+			"run 'caddy rocketchat-voip migrate --dsn ...' or add 'migrate' to the rocketchat_voip block", have, want)
+	}
+	return nil
+}
+
+// Migrate applies every embedded migration newer than the database's version
+// and returns the versions it applied. Concurrent callers (several gateways
+// starting together) wait for each other through a named lock.
+func Migrate(ctx context.Context, db *sql.DB) ([]int, error) {
+	ms, err := Migrations()
+	if err != nil {
+		return nil, err
+	}
+	// GET_LOCK is per connection, so pin one.
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	var got sql.NullInt64
+	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", lockName).Scan(&got); err != nil {
+		return nil, fmt.Errorf("taking the migration lock: %w", err)
+	}
+	if got.Int64 != 1 {
+		return nil, errors.New("another process held the migration lock for 60s")
+	}
+	defer conn.ExecContext(context.Background(), "SELECT RELEASE_LOCK(?)", lockName) //nolint:errcheck
+
+	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+VersionTable+` (
+  version    INT          NOT NULL,
+  name       VARCHAR(255) NOT NULL,
+  applied_at DATETIME(3)  NOT NULL,
+  PRIMARY KEY (version)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", VersionTable, err)
+	}
+	var have sql.NullInt64
+	if err := conn.QueryRowContext(ctx, "SELECT MAX(version) FROM "+VersionTable).Scan(&have); err != nil {
+		return nil, err
+	}
+	var applied []int
+	for _, m := range ms {
+		if m.Version <= int(have.Int64) {
+			continue
+		}
+		for i, stmt := range m.Statements {
+			if _, err := conn.ExecContext(ctx, stmt); err != nil {
+				return applied, fmt.Errorf("migration %s, statement %d: %w", m.Name, i+1, err)
+			}
+		}
+		if _, err := conn.ExecContext(ctx, "INSERT INTO "+VersionTable+" (version, name, applied_at) VALUES (?, ?, ?)",
+			m.Version, m.Name, time.Now().UTC()); err != nil {
+			return applied, fmt.Errorf("recording migration %s: %w", m.Name, err)
+		}
+		applied = append(applied, m.Version)
+	}
+	return applied, nil
+}
