@@ -38,6 +38,19 @@ type env struct {
 // configured by extra lines inside the rocketchat_voip block.
 func newEnv(t *testing.T, extra ...string) *env {
 	t.Helper()
+	e, _ := startEnv(t, false, extra)
+	return e
+}
+
+// newProxiedEnv is newEnv with the gateway reaching the database through a
+// proxy the test can take down or freeze.
+func newProxiedEnv(t *testing.T, extra ...string) (*env, *testdb.Proxy) {
+	t.Helper()
+	return startEnv(t, true, extra)
+}
+
+func startEnv(t *testing.T, proxied bool, extra []string) (*env, *testdb.Proxy) {
+	t.Helper()
 	e := &env{db: testdb.New(t), up: testcaddy.StartUpstream(t), client: &http.Client{Timeout: 30 * time.Second}}
 	e.agent = e.db.AddUser(t, "agent1", "livechat-agent", "user")
 	e.visitor = e.db.AddVisitor(t, "visitor1")
@@ -45,8 +58,16 @@ func newEnv(t *testing.T, extra ...string) *env {
 	e.roomTs = time.Now().UTC().Add(-90 * time.Second).Truncate(time.Millisecond)
 	e.db.AddRoom(t, e.roomID, e.visitor, e.roomTs, nil)
 	e.settings = strings.Join(extra, "\n\t\t")
-	e.caddy = testcaddy.Start(t, "", fmt.Sprintf("\trocketchat_voip {\n\t\tdsn %q\n\t\t%s\n\t}\n\treverse_proxy %s", e.db.DSN, e.settings, e.up.Addr))
-	return e
+	dsn := e.db.DSN
+	var proxy *testdb.Proxy
+	if proxied {
+		proxy = testdb.StartProxy(t, e.db.Cfg.Addr)
+		cfg := e.db.Cfg.Clone()
+		cfg.Addr = proxy.Addr
+		dsn = cfg.FormatDSN()
+	}
+	e.caddy = testcaddy.Start(t, "", fmt.Sprintf("\trocketchat_voip {\n\t\tdsn %q\n\t\t%s\n\t}\n\treverse_proxy %s", dsn, e.settings, e.up.Addr))
+	return e, proxy
 }
 
 type response struct {

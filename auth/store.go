@@ -74,9 +74,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, userID, token string) 
 	hashed := HashLoginToken(token)
 	var (
 		storedUserID, storedHash, tokenType string
-		createdAt             time.Time
-		username, name        sql.NullString
-		u                     = User{ID: userID}
+		createdAt                           time.Time
+		username, name                      sql.NullString
+		u                                   = User{ID: userID}
 	)
 	err := a.stmt.QueryRowContext(ctx, PermissionInboundVoipCalls, PermissionBypassRateLimitAPI, userID, hashed).
 		Scan(&storedUserID, &storedHash, &tokenType, &createdAt, &username, &name, &u.CanCloseRooms, &u.BypassRateLimit)
