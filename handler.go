@@ -111,10 +111,11 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	// 2. rate limit, counted only for authenticated requests
 	if h.limiter != nil && !user.BypassRateLimit {
 		d := h.limiter.Take(clientIP(r))
+		// Set as Rocket.Chat spells them; Header().Set would write X-Ratelimit-*.
 		hdr := w.Header()
-		hdr.Set("X-RateLimit-Limit", strconv.Itoa(d.Limit))
-		hdr.Set("X-RateLimit-Remaining", strconv.Itoa(d.Remaining))
-		hdr.Set("X-RateLimit-Reset", strconv.FormatInt(d.Reset.UnixMilli(), 10))
+		hdr["X-RateLimit-Limit"] = []string{strconv.Itoa(d.Limit)}
+		hdr["X-RateLimit-Remaining"] = []string{strconv.Itoa(d.Remaining)}
+		hdr["X-RateLimit-Reset"] = []string{strconv.FormatInt(d.Reset.UnixMilli(), 10)}
 		if !d.Allowed {
 			respond(http.StatusTooManyRequests, OutcomeRateLimited, tooManyRequestsBody(d.RetryAfterSeconds(h.limiter.Now())))
 			return

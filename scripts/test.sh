@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: unit, Caddyfile, and integration tests that run Caddy
+# with the module against a real MariaDB/MySQL and a real upstream.
+# Finds or starts a database server first (see scripts/lib.sh). Extra
+# arguments go to 'go test'.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$ROOT_DIR"
+ensure_go
+ensure_mysql
+# A test that needs MySQL fails, never skips, when it is missing.
+export ROCKETCHAT_VOIP_REQUIRE_DB=1
+say "go vet ./..."
+go vet ./...
+say "go test ./..."
+go test -count=1 "$@" ./...
