@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
-	"net/url"
 	"strconv"
 	"strings"
 )
@@ -49,7 +48,7 @@ var utf8BOM = []byte("\xef\xbb\xbf")
 func Decode(contentType string, body []byte) any {
 	switch {
 	case strings.Contains(contentType, "application/json"):
-		body = bytes.TrimPrefix(body, utf8BOM)
+		body = wellFormedUTF8(bytes.TrimPrefix(body, utf8BOM))
 		if !json.Valid(body) {
 			return map[string]any{}
 		}
@@ -61,7 +60,7 @@ func Decode(contentType string, body []byte) any {
 		}
 		return v
 	case strings.Contains(contentType, "application/x-www-form-urlencoded"):
-		return decodeForm(string(body))
+		return decodeForm(string(wellFormedUTF8(body)))
 	default:
 		// Rocket.Chat spreads a text body into an object ({0:'a',1:'b',…}),
 		// which never has 'rid'. An empty object says the same.
@@ -81,13 +80,6 @@ func decodeForm(s string) map[string]any {
 		out[formUnescape(k)] = formUnescape(v)
 	}
 	return out
-}
-
-func formUnescape(s string) string {
-	if u, err := url.QueryUnescape(s); err == nil {
-		return u
-	}
-	return s // a malformed escape is kept as sent rather than failing the body
 }
 
 // Validate checks v against the room.close schema and returns the coerced

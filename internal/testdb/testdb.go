@@ -97,6 +97,9 @@ func New(t testing.TB) *DB {
 	return &DB{DB: db, DSN: dbCfg.FormatDSN(), Name: name, Cfg: dbCfg}
 }
 
+// RandomID returns a fresh id for seeded rows.
+func RandomID() string { return randomHex(8) }
+
 func randomHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b) //nolint:errcheck
