@@ -593,3 +593,21 @@ func TestConcurrentClosesExactlyOneWins(t *testing.T) {
 		t.Fatalf("%d messages, %d outbox rows, msgs=%d; want 1, 1, 4", m, ev, msgs)
 	}
 }
+
+func TestRateLimitWindowResets(t *testing.T) {
+	e := newEnv(t, "rate_limit 2 1s")
+	want400 := invalid("must have required property 'rid'")
+	expect(t, e.post(t, `{}`), 400, want400)
+	expect(t, e.post(t, `{}`), 400, want400)
+	got := e.post(t, `{}`)
+	if got.status != 429 || got.body != `{"success":false,"error":"Error, too many requests. Please slow down. You must wait 1 seconds before trying this endpoint again. [error-too-many-requests]"}` {
+		t.Fatalf("3rd request in a 1s window: %d %s", got.status, got.body)
+	}
+	reset, _ := strconv.ParseInt(got.header.Get("X-RateLimit-Reset"), 10, 64)
+	time.Sleep(time.Until(time.UnixMilli(reset)) + 50*time.Millisecond)
+	got = e.post(t, `{}`)
+	expect(t, got, 400, want400)
+	if got.header.Get("X-RateLimit-Remaining") != "1" {
+		t.Fatalf("a new window did not start: %v", got.header)
+	}
+}
