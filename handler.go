@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/params"
@@ -56,6 +57,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // placeholders and the log line.
 type requestState struct {
 	start   time.Time
+	dbTime  time.Duration // time spent waiting on MySQL
 	outcome string
 	userID  string
 	rid     string
@@ -96,7 +98,9 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 
 	// 1. authentication (the same query also reads the permissions)
+	dbStart := time.Now()
 	user, err := h.auth.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"))
+	st.dbTime += time.Since(dbStart)
 	if errors.Is(err, auth.ErrUnauthorized) {
 		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
 		return
@@ -146,7 +150,9 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	if p.Comment != nil {
 		req.Comment = *p.Comment
 	}
+	dbStart = time.Now()
 	_, err = h.rooms.CloseRoom(ctx, req)
+	st.dbTime += time.Since(dbStart)
 	switch {
 	case err == nil:
 		respond(http.StatusOK, OutcomeClosed, successBody(p.Rid))
@@ -162,29 +168,36 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// finish sets the placeholders and logs the request. Tokens are never
-// logged; the user id and room id are not secrets.
+// finish sets the placeholders, counts the request and logs it: debug for
+// every request, warn for a failed read, error for a database failure. Tokens
+// are never logged; user and room ids are not secrets.
 func (h *Handler) finish(r *http.Request, st *requestState) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(placeholderOutcome, st.outcome)
 		repl.Set(placeholderUserID, st.userID)
 		repl.Set(placeholderRid, st.rid)
 	}
-	fields := []zap.Field{
-		zap.String("outcome", st.outcome),
-		zap.String("user_id", st.userID),
-		zap.String("rid", st.rid),
-		zap.Duration("duration", time.Since(st.start)),
+	took := time.Since(st.start)
+	observeRequest(st.outcome, took)
+	if st.dbTime > 0 {
+		metrics.dbDuration.Observe(st.dbTime.Seconds())
 	}
+	level, msg := zapcore.DebugLevel, "room.close handled"
 	switch {
 	case st.outcome == OutcomeUnavailable:
-		h.logger.Error("database failure on room.close", append(fields, zap.Error(st.err))...)
+		level, msg = zapcore.ErrorLevel, "room.close: database failure"
 	case st.err != nil:
-		h.logger.Warn("room.close failed", append(fields, zap.Error(st.err))...)
-	default:
-		if ce := h.logger.Check(zap.DebugLevel, "room.close handled"); ce != nil {
-			ce.Write(fields...)
-		}
+		level, msg = zapcore.WarnLevel, "room.close: request failed"
+	}
+	if ce := h.logger.Check(level, msg); ce != nil {
+		ce.Write(
+			zap.String("outcome", st.outcome),
+			zap.String("user_id", st.userID),
+			zap.String("rid", st.rid),
+			zap.Duration("duration", took),
+			zap.Duration("db_duration", st.dbTime),
+			zap.Error(st.err),
+		)
 	}
 }
 

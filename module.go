@@ -113,7 +113,10 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // a reload reuses connections and the last user to go closes them.
 var pools = caddy.NewUsagePool()
 
-type pooledDB struct{ *sql.DB }
+type pooledDB struct {
+	*sql.DB
+	name string // server and database, for metrics and logs; no credentials
+}
 
 func (p pooledDB) Destruct() error { return p.DB.Close() }
 
@@ -152,6 +155,9 @@ func (h *Handler) applyDefaults() {
 // the request path uses.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		return err
@@ -167,7 +173,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		return pooledDB{db}, nil
+		return pooledDB{db, describeDSN(cfg)}, nil
 	})
 	if err != nil {
 		h.poolKey = ""

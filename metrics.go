@@ -1,0 +1,128 @@
+package rocketchatvoip
+
+import (
+	"database/sql"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// outcomes lists every value of the outcome label, so that each series
+// exists (at 0) from the start.
+var outcomes = []string{
+	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
+	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeBadBody,
+	OutcomeUnavailable, OutcomeInternalError,
+}
+
+// metrics are process-wide, like Caddy's own HTTP metrics, so counts carry
+// across config reloads; each config's registry gets them registered anew.
+var metrics struct {
+	once            sync.Once
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	dbDuration      prometheus.Histogram
+	pool            prometheus.Collector
+
+	// per outcome, resolved once so the request path does no label lookup
+	byOutcome map[string]outcomeMetrics
+}
+
+type outcomeMetrics struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+}
+
+const metricsNamespace, metricsSubsystem = "caddy", "rocketchat_voip"
+
+func initMetrics() {
+	metrics.once.Do(func() {
+		metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "requests_total",
+			Help: "room.close requests handled, by outcome (one value per row of the contract).",
+		}, []string{"outcome"})
+		metrics.requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "request_duration_seconds",
+			Help:    "Time to answer a room.close request, by outcome.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"outcome"})
+		metrics.dbDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "db_duration_seconds",
+			Help:    "Time a room.close request spent waiting on MySQL.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		})
+		metrics.pool = poolCollector{
+			open:   prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_open_connections"), "Open connections of the MySQL pool.", []string{"database"}, nil),
+			inUse:  prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_in_use_connections"), "Connections of the MySQL pool in use.", []string{"database"}, nil),
+			idle:   prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_idle_connections"), "Idle connections of the MySQL pool.", []string{"database"}, nil),
+			waited: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_wait_total"), "Times a request waited for a free connection.", []string{"database"}, nil),
+		}
+		metrics.byOutcome = make(map[string]outcomeMetrics, len(outcomes))
+		for _, o := range outcomes {
+			metrics.byOutcome[o] = outcomeMetrics{metrics.requests.WithLabelValues(o), metrics.requestDuration.WithLabelValues(o)}
+		}
+	})
+}
+
+// registerMetrics adds the module's metrics to the config's registry. Several
+// handlers in one config register the same collectors; that is not an error.
+func registerMetrics(registry *prometheus.Registry) error {
+	initMetrics()
+	if registry == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool} {
+		if err := registry.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func observeRequest(outcome string, took time.Duration) {
+	if m, ok := metrics.byOutcome[outcome]; ok {
+		m.requests.Inc()
+		m.duration.Observe(took.Seconds())
+	}
+}
+
+// poolCollector reports every shared pool's connection counts at scrape time.
+type poolCollector struct {
+	open, inUse, idle, waited *prometheus.Desc
+}
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.open
+	ch <- c.inUse
+	ch <- c.idle
+	ch <- c.waited
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// Two DSNs may name one database (other options); report their sum.
+	byName := map[string]*sql.DBStats{}
+	pools.Range(func(_, value any) bool {
+		p := value.(pooledDB)
+		s := p.Stats()
+		if sum, ok := byName[p.name]; ok {
+			sum.OpenConnections += s.OpenConnections
+			sum.InUse += s.InUse
+			sum.Idle += s.Idle
+			sum.WaitCount += s.WaitCount
+		} else {
+			byName[p.name] = &s
+		}
+		return true
+	})
+	for name, s := range byName {
+		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(s.OpenConnections), name)
+		ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(s.InUse), name)
+		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(s.Idle), name)
+		ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, float64(s.WaitCount), name)
+	}
+}
