@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testcaddy"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
@@ -38,7 +40,7 @@ type env struct {
 // configured by extra lines inside the rocketchat_voip block.
 func newEnv(t *testing.T, extra ...string) *env {
 	t.Helper()
-	e, _ := startEnv(t, false, extra)
+	e, _ := startEnv(t, envOptions{extra: extra})
 	return e
 }
 
@@ -46,10 +48,19 @@ func newEnv(t *testing.T, extra ...string) *env {
 // proxy the test can take down or freeze.
 func newProxiedEnv(t *testing.T, extra ...string) (*env, *testdb.Proxy) {
 	t.Helper()
-	return startEnv(t, true, extra)
+	return startEnv(t, envOptions{extra: extra, proxied: true})
 }
 
-func startEnv(t *testing.T, proxied bool, extra []string) (*env, *testdb.Proxy) {
+type envOptions struct {
+	extra   []string // lines inside the rocketchat_voip block
+	proxied bool     // reach MySQL through a testdb.Proxy
+	globals string   // Caddy global options
+	// site wraps the handler lines (rocketchat_voip and reverse_proxy) into
+	// the site body; nil uses them as the body.
+	site func(handlers string) string
+}
+
+func startEnv(t *testing.T, o envOptions) (*env, *testdb.Proxy) {
 	t.Helper()
 	e := &env{db: testdb.New(t), up: testcaddy.StartUpstream(t), client: &http.Client{Timeout: 30 * time.Second}}
 	e.agent = e.db.AddUser(t, "agent1", "livechat-agent", "user")
@@ -57,16 +68,20 @@ func startEnv(t *testing.T, proxied bool, extra []string) (*env, *testdb.Proxy) 
 	e.roomID = "ROOM1"
 	e.roomTs = time.Now().UTC().Add(-90 * time.Second).Truncate(time.Millisecond)
 	e.db.AddRoom(t, e.roomID, e.visitor, e.roomTs, nil)
-	e.settings = strings.Join(extra, "\n\t\t")
+	e.settings = strings.Join(o.extra, "\n\t\t")
 	dsn := e.db.DSN
 	var proxy *testdb.Proxy
-	if proxied {
+	if o.proxied {
 		proxy = testdb.StartProxy(t, e.db.Cfg.Addr)
 		cfg := e.db.Cfg.Clone()
 		cfg.Addr = proxy.Addr
 		dsn = cfg.FormatDSN()
 	}
-	e.caddy = testcaddy.Start(t, "", fmt.Sprintf("\trocketchat_voip {\n\t\tdsn %q\n\t\t%s\n\t}\n\treverse_proxy %s", dsn, e.settings, e.up.Addr))
+	handlers := fmt.Sprintf("\trocketchat_voip {\n\t\tdsn %q\n\t\t%s\n\t}\n\treverse_proxy %s", dsn, e.settings, e.up.Addr)
+	if o.site != nil {
+		handlers = o.site(handlers)
+	}
+	e.caddy = testcaddy.Start(t, o.globals, handlers)
 	return e, proxy
 }
 
@@ -609,5 +624,14 @@ func TestRateLimitWindowResets(t *testing.T) {
 	expect(t, got, 400, want400)
 	if got.header.Get("X-RateLimit-Remaining") != "1" {
 		t.Fatalf("a new window did not start: %v", got.header)
+	}
+}
+
+// stopCaddy stops the running config now (tests that read log files need
+// them flushed and closed).
+func stopCaddy(t *testing.T) {
+	t.Helper()
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -158,6 +159,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
+	// The driver's own messages (dropped connections and the like) go to
+	// Caddy's log rather than bare stderr.
+	_ = mysql.SetLogger(driverLogger{h.logger.Named("mysql")})
 	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		return err
@@ -287,6 +291,11 @@ func OpenDB(ctx context.Context, cfg *mysql.Config) (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// driverLogger adapts go-sql-driver/mysql's logger to zap.
+type driverLogger struct{ l *zap.Logger }
+
+func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v...))) }
 
 // describeDSN names the server and database without the credentials.
 func describeDSN(cfg *mysql.Config) string {

@@ -91,8 +91,9 @@ func (u *Upstream) serve(w http.ResponseWriter, r *http.Request) {
 
 // Caddy is a running Caddy instance.
 type Caddy struct {
-	BaseURL string
-	Addr    string
+	BaseURL   string
+	Addr      string
+	Caddyfile string // the config it was started with
 }
 
 // FreePort returns a loopback port that was free a moment ago.
@@ -108,20 +109,27 @@ func FreePort(t testing.TB) int {
 
 // Start loads a config with one HTTP site on a free loopback port whose
 // body is site (the rocketchat_voip block and a reverse_proxy, usually) and
-// stops Caddy when the test ends. globals go into the global options block.
+// stops Caddy when the test ends. globals go into the global options block;
+// unless they say otherwise, the admin endpoint is off and logs are
+// discarded ($ROCKETCHAT_VOIP_TEST_LOGS=1 shows them).
 func Start(t testing.TB, globals, site string) *Caddy {
 	t.Helper()
 	port := FreePort(t)
-	logs := "\tlog {\n\t\toutput discard\n\t}\n"
-	if os.Getenv("ROCKETCHAT_VOIP_TEST_LOGS") != "" {
-		logs = ""
+	var g strings.Builder
+	if !strings.Contains(globals, "admin") {
+		g.WriteString("\tadmin off\n")
 	}
-	caddyfile := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n%s%s\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", logs, globals, port, site)
+	if !strings.Contains(globals, "log") && os.Getenv("ROCKETCHAT_VOIP_TEST_LOGS") == "" {
+		g.WriteString("\tlog {\n\t\toutput discard\n\t}\n")
+	}
+	g.WriteString("\tauto_https off\n\tpersist_config off\n")
+	g.WriteString(globals)
+	caddyfile := fmt.Sprintf("{\n%s\n}\nhttp://127.0.0.1:%d {\n%s\n}\n", g.String(), port, site)
 	if err := Load(caddyfile); err != nil {
 		t.Fatalf("loading config: %v\n%s", err, caddyfile)
 	}
 	t.Cleanup(func() { caddy.Stop() }) //nolint:errcheck
-	c := &Caddy{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", port), Addr: fmt.Sprintf("127.0.0.1:%d", port)}
+	c := &Caddy{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", port), Addr: fmt.Sprintf("127.0.0.1:%d", port), Caddyfile: caddyfile}
 	waitListening(t, c.Addr)
 	return c
 }
