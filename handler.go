@@ -94,12 +94,19 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if !h.pool.acquire() {
+		// Only a request of a config already cleaned up, whose DSN no newer
+		// config uses, gets here.
+		respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
+		return
+	}
+	defer h.pool.release()
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout))
 	defer cancel()
 
 	// 1. authentication (the same query also reads the permissions)
 	dbStart := time.Now()
-	user, err := h.auth.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"))
+	user, err := h.pool.auth.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"), time.Duration(h.LoginExpiration))
 	st.dbTime += time.Since(dbStart)
 	if errors.Is(err, auth.ErrUnauthorized) {
 		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
@@ -151,7 +158,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		req.Comment = *p.Comment
 	}
 	dbStart = time.Now()
-	_, err = h.rooms.CloseRoom(ctx, req)
+	_, err = h.pool.rooms.CloseRoom(ctx, req)
 	st.dbTime += time.Since(dbStart)
 	switch {
 	case err == nil:

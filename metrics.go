@@ -107,7 +107,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	// Two DSNs may name one database (other options); report their sum.
 	byName := map[string]*sql.DBStats{}
 	pools.Range(func(_, value any) bool {
-		p := value.(pooledDB)
+		p := value.(*dbPool)
 		s := p.Stats()
 		if sum, ok := byName[p.name]; ok {
 			sum.OpenConnections += s.OpenConnections

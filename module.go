@@ -19,9 +19,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/ratelimit"
-	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
 
@@ -84,9 +82,7 @@ type Handler struct {
 
 	logger  *zap.Logger
 	poolKey string
-	db      *sql.DB
-	auth    *auth.Authenticator
-	rooms   *roomstore.Store
+	pool    *dbPool
 	limiter *ratelimit.Limiter
 	// unauthorized is the 401 body chosen by Compat.
 	unauthorized []byte
@@ -109,17 +105,6 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 		New: func() caddy.Module { return new(Handler) },
 	}
 }
-
-// pools holds one *sql.DB per DSN, shared by every config that names it, so
-// a reload reuses connections and the last user to go closes them.
-var pools = caddy.NewUsagePool()
-
-type pooledDB struct {
-	*sql.DB
-	name string // server and database, for metrics and logs; no credentials
-}
-
-func (p pooledDB) Destruct() error { return p.DB.Close() }
 
 func (h *Handler) applyDefaults() {
 	if h.Path == "" {
@@ -177,35 +162,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		return pooledDB{db, describeDSN(cfg)}, nil
+		return &dbPool{DB: db, name: describeDSN(cfg)}, nil
 	})
 	if err != nil {
 		h.poolKey = ""
 		return err
 	}
-	h.db = val.(pooledDB).DB
-	h.db.SetMaxOpenConns(h.MaxOpenConns)
-	h.db.SetMaxIdleConns(h.MaxOpenConns)
+	h.pool = val.(*dbPool)
+	h.pool.SetMaxOpenConns(h.MaxOpenConns)
+	h.pool.SetMaxIdleConns(h.MaxOpenConns)
 
 	setupCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if h.Migrate {
-		applied, err := schema.Migrate(setupCtx, h.db)
+		applied, err := schema.Migrate(setupCtx, h.pool.DB)
 		if err != nil {
 			return fmt.Errorf("migrating %s: %w", describeDSN(cfg), err)
 		}
 		if len(applied) > 0 {
 			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
 		}
-	} else if err := schema.Check(setupCtx, h.db); err != nil {
+	} else if err := schema.Check(setupCtx, h.pool.DB); err != nil {
 		return fmt.Errorf("%s: %w", describeDSN(cfg), err)
 	}
 
-	if h.auth, err = auth.NewAuthenticator(setupCtx, h.db, time.Duration(h.LoginExpiration)); err != nil {
-		return fmt.Errorf("preparing statements: %w", err)
-	}
-	if h.rooms, err = roomstore.New(setupCtx, h.db); err != nil {
-		return fmt.Errorf("preparing statements: %w", err)
+	if err := h.pool.prepare(setupCtx); err != nil {
+		return fmt.Errorf("preparing statements on %s: %w", describeDSN(cfg), err)
 	}
 	if !h.RateLimit.Off {
 		h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
@@ -241,14 +223,8 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases the statements and this config's hold on the pool.
+// Cleanup releases this config's hold on the pool; the last holder closes it.
 func (h *Handler) Cleanup() error {
-	if h.auth != nil {
-		h.auth.Close()
-	}
-	if h.rooms != nil {
-		h.rooms.Close()
-	}
 	if h.poolKey != "" {
 		_, err := pools.Delete(h.poolKey)
 		return err

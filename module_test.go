@@ -27,23 +27,23 @@ func TestPoolSharedPerDSNAndClosedByLastUser(t *testing.T) {
 	if err := provision(t, b); err != nil {
 		t.Fatal(err)
 	}
-	if a.db != b.db {
+	if a.pool != b.pool {
 		t.Fatal("two handlers with one DSN opened two pools")
 	}
 	other := &Handler{DSN: db.DSN + "&timeout=7s"}
 	if err := provision(t, other); err != nil {
 		t.Fatal(err)
 	}
-	if other.db == a.db {
+	if other.pool == a.pool {
 		t.Fatal("a different DSN shares a pool")
 	}
 	other.Cleanup()
 	a.Cleanup()
-	if err := b.db.Ping(); err != nil {
+	if err := b.pool.Ping(); err != nil {
 		t.Fatalf("pool closed while a config still uses it: %v", err)
 	}
 	b.Cleanup()
-	if err := b.db.Ping(); err == nil || !strings.Contains(err.Error(), "closed") {
+	if err := b.pool.Ping(); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("pool still open after the last config went: %v", err)
 	}
 	if refs, ok := pools.References(b.poolKey); ok || refs != 0 {

@@ -45,29 +45,28 @@ const lookupSQL = `SELECT t.user_id, t.hashed_token, t.type, t.created_at, u.use
 FROM user_login_tokens t LEFT JOIN users u ON u.id = t.user_id
 WHERE t.user_id = ? AND t.hashed_token = ?`
 
-// Authenticator looks credentials up with a statement prepared once.
-type Authenticator struct {
-	stmt            *sql.Stmt
-	loginExpiration time.Duration
-	now             func() time.Time
+// Store looks credentials up with a statement prepared once per pool.
+type Store struct {
+	stmt *sql.Stmt
+	now  func() time.Time
 }
 
-// NewAuthenticator prepares the lookup on db. Resume tokens older than
-// loginExpiration are rejected; zero means they never expire.
-func NewAuthenticator(ctx context.Context, db *sql.DB, loginExpiration time.Duration) (*Authenticator, error) {
+// NewStore prepares the lookup on db.
+func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	stmt, err := db.PrepareContext(ctx, lookupSQL)
 	if err != nil {
 		return nil, err
 	}
-	return &Authenticator{stmt: stmt, loginExpiration: loginExpiration, now: time.Now}, nil
+	return &Store{stmt: stmt, now: time.Now}, nil
 }
 
 // Close releases the prepared statement.
-func (a *Authenticator) Close() error { return a.stmt.Close() }
+func (s *Store) Close() error { return s.stmt.Close() }
 
 // Authenticate returns the user that userID and token name, ErrUnauthorized
-// when they name none (or the token expired), or a database error.
-func (a *Authenticator) Authenticate(ctx context.Context, userID, token string) (User, error) {
+// when they name none, or the resume token is older than loginExpiration
+// (zero: never expires), or a database error.
+func (s *Store) Authenticate(ctx context.Context, userID, token string, loginExpiration time.Duration) (User, error) {
 	if userID == "" || token == "" {
 		return User{}, ErrUnauthorized
 	}
@@ -78,7 +77,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, userID, token string) 
 		username, name                      sql.NullString
 		u                                   = User{ID: userID}
 	)
-	err := a.stmt.QueryRowContext(ctx, PermissionInboundVoipCalls, PermissionBypassRateLimitAPI, userID, hashed).
+	err := s.stmt.QueryRowContext(ctx, PermissionInboundVoipCalls, PermissionBypassRateLimitAPI, userID, hashed).
 		Scan(&storedUserID, &storedHash, &tokenType, &createdAt, &username, &name, &u.CanCloseRooms, &u.BypassRateLimit)
 	if errors.Is(err, sql.ErrNoRows) {
 		return User{}, ErrUnauthorized
@@ -91,8 +90,8 @@ func (a *Authenticator) Authenticate(ctx context.Context, userID, token string) 
 	if storedUserID != userID || subtle.ConstantTimeCompare([]byte(storedHash), []byte(hashed)) != 1 {
 		return User{}, ErrUnauthorized
 	}
-	if tokenType != TokenTypePersonalAccessToken && a.loginExpiration > 0 &&
-		!a.now().Before(createdAt.Add(a.loginExpiration)) {
+	if tokenType != TokenTypePersonalAccessToken && loginExpiration > 0 &&
+		!s.now().Before(createdAt.Add(loginExpiration)) {
 		return User{}, ErrUnauthorized
 	}
 	u.Username, u.Name = username.String, name.String

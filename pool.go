@@ -1,0 +1,98 @@
+package rocketchatvoip
+
+import (
+	"context"
+	"database/sql"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
+)
+
+// pools holds one dbPool per DSN, shared by every config that names it, so
+// a reload reuses connections and prepared statements, and the last config
+// to go closes them.
+var pools = caddy.NewUsagePool()
+
+// dbPool is a MySQL pool with the statements prepared on it.
+//
+// Caddy may clean up an old config while one of its requests is still
+// running, so the pool counts requests in flight and closes only when the
+// last of them is done.
+type dbPool struct {
+	*sql.DB
+	name string // server and database, for metrics and messages; no credentials
+
+	mu      sync.Mutex
+	auth    *auth.Store
+	rooms   *roomstore.Store
+	active  int  // requests in flight
+	closing bool // the last config using the pool is gone
+}
+
+// prepare prepares the statements once the schema is in place; later
+// calls (other configs, reloads) find them ready.
+func (p *dbPool) prepare(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.auth == nil {
+		a, err := auth.NewStore(ctx, p.DB)
+		if err != nil {
+			return err
+		}
+		p.auth = a
+	}
+	if p.rooms == nil {
+		r, err := roomstore.New(ctx, p.DB)
+		if err != nil {
+			return err
+		}
+		p.rooms = r
+	}
+	return nil
+}
+
+// acquire marks a request in flight; false means the pool is closing.
+func (p *dbPool) acquire() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closing {
+		return false
+	}
+	p.active++
+	return true
+}
+
+func (p *dbPool) release() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.active--
+	if p.closing && p.active == 0 {
+		p.closeLocked()
+	}
+}
+
+// Destruct is called by the usage pool when no config uses the pool.
+func (p *dbPool) Destruct() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closing = true
+	if p.active == 0 {
+		p.closeLocked()
+	}
+	return nil
+}
+
+func (p *dbPool) closeLocked() {
+	if p.auth != nil {
+		p.auth.Close()
+		p.auth = nil
+	}
+	if p.rooms != nil {
+		p.rooms.Close()
+		p.rooms = nil
+	}
+	p.DB.Close()
+}
