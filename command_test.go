@@ -1,0 +1,100 @@
+package rocketchatvoip
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
+)
+
+// run executes one subcommand as 'caddy rocketchat-voip <args>' would.
+func run(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	root := &cobra.Command{Use: "rocketchat-voip", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(migrateCommand(), checkCommand(), hashTokenCommand())
+	var out bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetIn(strings.NewReader(stdin))
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestCommandMigrateStatusCheck(t *testing.T) {
+	t.Setenv(dsnEnv, "")
+	cfg := testdb.ServerConfig(t)
+	db := testdb.New(t) // migrated; make an empty one beside it
+	empty := db.Name + "_empty"
+	db.Exec(t, "CREATE DATABASE "+empty)
+	t.Cleanup(func() { db.Exec(t, "DROP DATABASE "+empty) })
+	cfg.DBName = empty
+	dsn := cfg.FormatDSN()
+
+	out, err := run(t, "", "migrate", "--status", "--dsn", dsn)
+	if err == nil || !strings.Contains(out, "schema version 0, this build needs 1") {
+		t.Fatalf("status of an empty database: %v %q", err, out)
+	}
+	if out, err = run(t, "", "check", "--dsn", dsn); err == nil || !strings.Contains(out, "problem: database schema is at version 0") {
+		t.Fatalf("check of an empty database: %v %q", err, out)
+	}
+	if out, err = run(t, "", "migrate", "--dsn", dsn); err != nil || !strings.Contains(out, "applied migrations [1]") {
+		t.Fatalf("migrate: %v %q", err, out)
+	}
+	t.Setenv(dsnEnv, dsn) // the environment stands in for --dsn
+	if out, err = run(t, "", "migrate"); err != nil || !strings.Contains(out, "schema already at version 1") {
+		t.Fatalf("migrate again: %v %q", err, out)
+	}
+	if out, err = run(t, "", "migrate", "--status"); err != nil || !strings.Contains(out, "schema version 1, this build needs 1") {
+		t.Fatalf("status: %v %q", err, out)
+	}
+	if out, err = run(t, "", "check"); err != nil || !strings.Contains(out, "ok (schema version 1)") {
+		t.Fatalf("check: %v %q", err, out)
+	}
+	if _, err := db.DB.Exec("DELETE FROM " + empty + ".permission_roles WHERE permission = 'inbound-voip-calls'"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err = run(t, "", "check"); err == nil || !strings.Contains(out, `no role grants "inbound-voip-calls"`) {
+		t.Fatalf("check without permission rows: %v %q", err, out)
+	}
+}
+
+func TestCommandErrors(t *testing.T) {
+	t.Setenv(dsnEnv, "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"migrate"}, "no DSN: pass --dsn or set ROCKETCHAT_VOIP_DSN"},
+		{[]string{"check", "--dsn", "root:hunter2@tcp(127.0.0.1:1)/x"}, "cannot connect to MySQL at tcp(127.0.0.1:1)/x"},
+		{[]string{"migrate", "--dsn", "bad dsn"}, "invalid dsn"},
+		{[]string{"migrate", "extra-arg"}, "unknown command"},
+		{[]string{"hash-token"}, "no token on stdin"},
+	} {
+		out, err := run(t, "", c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v (%q), want an error containing %q", c.args, err, out, c.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%v: the error shows the password: %v", c.args, err)
+		}
+	}
+}
+
+func TestCommandHashTokenAndHelp(t *testing.T) {
+	out, err := run(t, "secret\n", "hash-token")
+	if err != nil || out != "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=\n" || strings.TrimSpace(out) != auth.HashLoginToken("secret") {
+		t.Fatalf("hash-token: %v %q", err, out)
+	}
+	for _, sub := range []string{"migrate", "check", "hash-token"} {
+		out, err := run(t, "", sub, "--help")
+		if err != nil || !strings.Contains(out, "Usage:") || (sub != "hash-token" && !strings.Contains(out, "--dsn")) {
+			t.Errorf("%s --help: %v %q", sub, err, out)
+		}
+	}
+}
