@@ -1,0 +1,121 @@
+package rocketchatvoip_test
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/testcaddy"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
+)
+
+// seedRooms inserts n open voip rooms spread over a few visitors and returns
+// their ids with the visitor token of each.
+func seedRooms(t *testing.T, db *testdb.DB, n int) (rids, tokens []string) {
+	t.Helper()
+	var visitors []testdb.Visitor
+	for i := 0; i < 10; i++ {
+		visitors = append(visitors, db.AddVisitor(t, fmt.Sprintf("bulk-v%d", i)))
+	}
+	ts := time.Now().UTC().Add(-time.Minute)
+	for start := 0; start < n; start += 100 {
+		var q strings.Builder
+		var args []any
+		q.WriteString("INSERT INTO rooms (id, t, open, ts, visitor_id, visitor_token, visitor_username, msgs, updated_at) VALUES ")
+		for i := start; i < min(start+100, n); i++ {
+			v := visitors[i%len(visitors)]
+			if i > start {
+				q.WriteString(",")
+			}
+			q.WriteString("(?, 'v', TRUE, ?, ?, ?, ?, 0, ?)")
+			rid := fmt.Sprintf("BULK%05d", i)
+			args = append(args, rid, ts, v.ID, v.Token, v.Username, ts)
+			rids, tokens = append(rids, rid), append(tokens, v.Token)
+		}
+		db.Exec(t, q.String(), args...)
+	}
+	return rids, tokens
+}
+
+// Two gateway processes against one MariaDB; 64 clients close 1,000 rooms,
+// each room asked for four times, twice through each instance: exactly one
+// success per room, and every other answer room-closed (a deadlock or lock
+// wait never reaches a client).
+func TestTwoInstancesCloseEachRoomExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	db := testdb.New(t)
+	agent := db.AddUser(t, "agent1", "livechat-agent")
+	const rooms = 1000
+	rids, tokens := seedRooms(t, db, rooms)
+	up := testcaddy.StartUpstream(t)
+	site := fmt.Sprintf("\trocketchat_voip {\n\t\tdsn %q\n\t\trate_limit off\n\t\tmax_open_conns 32\n\t}\n\treverse_proxy %s", db.DSN, up.Addr)
+	instances := []*testcaddy.Process{testcaddy.StartProcess(t, "", site), testcaddy.StartProcess(t, "", site)}
+
+	type job struct{ room, instance int }
+	var jobs []job
+	for r := 0; r < rooms; r++ {
+		for k := 0; k < 4; k++ {
+			jobs = append(jobs, job{r, k % 2})
+		}
+	}
+	rand.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
+	queue := make(chan job, len(jobs))
+	for _, j := range jobs {
+		queue <- j
+	}
+	close(queue)
+
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var mu sync.Mutex
+	wins := map[string]int{}
+	others := map[string]int{}
+	var wg sync.WaitGroup
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range queue {
+				req, _ := http.NewRequest(http.MethodPost, instances[j.instance].BaseURL+closePath, strings.NewReader(closeBody(rids[j.room], tokens[j.room])))
+				req.Header.Set("X-User-Id", agent.ID)
+				req.Header.Set("X-Auth-Token", agent.Token)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				answer := ""
+				if err != nil {
+					answer = err.Error()
+				} else {
+					answer = fmt.Sprint(resp.StatusCode, " ", readAll(resp))
+				}
+				mu.Lock()
+				switch answer {
+				case `200 {"rid":"` + rids[j.room] + `","success":true}`:
+					wins[rids[j.room]]++
+				default:
+					others[answer]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(others) != 1 || others[`400 {"success":false,"error":"room-closed"}`] != 3*rooms {
+		t.Errorf("answers other than success: %v, want exactly %d room-closed", others, 3*rooms)
+	}
+	for _, rid := range rids {
+		if wins[rid] != 1 {
+			t.Errorf("room %s closed %d times", rid, wins[rid])
+		}
+	}
+	if m, ev, open := db.Count(t, "messages"), db.Count(t, "room_events"), db.Count(t, "rooms WHERE open"); m != rooms || ev != rooms || open != 0 {
+		t.Fatalf("%d messages, %d outbox rows, %d rooms open; want %d, %d, 0", m, ev, open, rooms, rooms)
+	}
+	if n := db.Count(t, "rooms WHERE msgs <> 1"); n != 0 {
+		t.Fatalf("%d rooms whose message count is not exactly 1", n)
+	}
+}
