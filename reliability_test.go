@@ -119,3 +119,147 @@ func TestTwoInstancesCloseEachRoomExactlyOnce(t *testing.T) {
 		t.Fatalf("%d rooms whose message count is not exactly 1", n)
 	}
 }
+
+type outageResult struct {
+	start, end time.Time
+	answer     string
+	rid        string
+}
+
+// MySQL unreachable for 5 s under load (every connection cut, new ones
+// refused): each room.close answers 503 within db_timeout, pass-through
+// keeps working, closes succeed again within 1 s of the database's return
+// without restarting Caddy, and no room is left half-written.
+func TestDatabaseOutageUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	e, proxy := newProxiedEnv(t, "db_timeout 1s", "rate_limit off")
+	rids, tokens := seedRooms(t, e.db, 2000)
+	const outage = 5 * time.Second
+	var (
+		mu             sync.Mutex
+		closes, passes []outageResult
+		wg             sync.WaitGroup
+	)
+	// Rooms to close; one answered 503 goes back to be tried again later.
+	pending := make(chan int, len(rids))
+	for i := range rids {
+		pending <- i
+	}
+	stop := make(chan struct{})
+	client := &http.Client{Timeout: 30 * time.Second}
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				var i int
+				select {
+				case <-stop:
+					return
+				case i = <-pending:
+				}
+				req, _ := http.NewRequest(http.MethodPost, e.caddy.BaseURL+closePath, strings.NewReader(closeBody(rids[i], tokens[i])))
+				req.Header.Set("X-User-Id", e.agent.ID)
+				req.Header.Set("X-Auth-Token", e.agent.Token)
+				req.Header.Set("Content-Type", "application/json")
+				r := outageResult{start: time.Now(), rid: rids[i]}
+				resp, err := client.Do(req)
+				r.end = time.Now()
+				if err != nil {
+					r.answer = err.Error()
+				} else {
+					r.answer = fmt.Sprint(resp.StatusCode, " ", readAll(resp))
+				}
+				mu.Lock()
+				closes = append(closes, r)
+				mu.Unlock()
+				if strings.HasPrefix(r.answer, "503 ") {
+					pending <- i
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r := outageResult{start: time.Now()}
+				resp, err := client.Get(e.caddy.BaseURL + "/api/info")
+				r.end = time.Now()
+				if err != nil {
+					r.answer = err.Error()
+				} else {
+					r.answer = fmt.Sprint(resp.StatusCode, " ", readAll(resp))
+				}
+				mu.Lock()
+				passes = append(passes, r)
+				mu.Unlock()
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+	down := time.Now()
+	proxy.Down()
+	time.Sleep(outage)
+	proxy.Up()
+	up := time.Now()
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	success := func(rid string) string { return `200 {"rid":"` + rid + `","success":true}` }
+	var during, after, unavailable int
+	for _, r := range closes {
+		took := r.end.Sub(r.start)
+		switch {
+		case r.answer == success(r.rid):
+			if r.start.After(down.Add(100*time.Millisecond)) && r.end.Before(up) {
+				t.Errorf("a close succeeded while the database was unreachable: %+v", r)
+			}
+		case r.answer == `400 {"success":false,"error":"room-closed"}`:
+			// a retry of a close whose commit landed although its answer was 503
+		case r.answer == "503 "+body503:
+			unavailable++
+			if took > 2500*time.Millisecond {
+				t.Errorf("503 after %v, want within db_timeout (1s)", took)
+			}
+			if r.start.After(up.Add(time.Second)) {
+				t.Errorf("a close that started %v after the database returned failed", r.start.Sub(up))
+			}
+		default:
+			t.Errorf("unexpected answer %q", r.answer)
+		}
+		if r.start.After(down) && r.end.Before(up) {
+			during++
+		}
+		if r.start.After(up.Add(time.Second)) {
+			after++
+		}
+	}
+	for _, r := range passes {
+		if !strings.HasPrefix(r.answer, "200 upstream GET /api/info") {
+			t.Errorf("pass-through failed: %+v", r)
+		}
+	}
+	if during < 10 || after < 10 || unavailable == 0 {
+		t.Fatalf("too little traffic to judge: %d closes during the outage, %d after, %d answered 503", during, after, unavailable)
+	}
+	// Nothing half-written: a room is closed with exactly one message and one
+	// outbox row, or open with none.
+	if n := e.db.Count(t, `rooms r WHERE r.id LIKE 'BULK%' AND NOT (
+	  (r.open = FALSE AND r.msgs = 1 AND (SELECT COUNT(*) FROM messages m WHERE m.rid = r.id) = 1 AND (SELECT COUNT(*) FROM room_events v WHERE v.rid = r.id) = 1)
+	  OR (r.open = TRUE AND r.msgs = 0 AND (SELECT COUNT(*) FROM messages m WHERE m.rid = r.id) = 0 AND (SELECT COUNT(*) FROM room_events v WHERE v.rid = r.id) = 0))`); n != 0 {
+		t.Fatalf("%d rooms half-written", n)
+	}
+	t.Logf("%d closes (%d during the outage, %d answered 503), %d pass-through requests", len(closes), during, unavailable, len(passes))
+}
