@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"time"
+	"unicode/utf8"
 )
 
 // Permission names, as Rocket.Chat spells them.
@@ -67,7 +68,9 @@ func (s *Store) Close() error { return s.stmt.Close() }
 // when they name none, or the resume token is older than loginExpiration
 // (zero: never expires), or a database error.
 func (s *Store) Authenticate(ctx context.Context, userID, token string, loginExpiration time.Duration) (User, error) {
-	if userID == "" || token == "" {
+	// An id that is not UTF-8 cannot be stored, so it names nobody; MySQL 8
+	// would reject it as a parameter rather than match nothing.
+	if userID == "" || token == "" || !utf8.ValidString(userID) {
 		return User{}, ErrUnauthorized
 	}
 	hashed := HashLoginToken(token)
