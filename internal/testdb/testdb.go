@@ -56,11 +56,17 @@ func ServerConfig(t testing.TB) *mysql.Config {
 	return cfg
 }
 
-// New creates a database named after a random suffix, migrates it, and
-// drops it when the test ends.
+// New creates a database named after a random suffix on the configured
+// server, migrates it, and drops it when the test ends.
 func New(t testing.TB) *DB {
 	t.Helper()
-	cfg := ServerConfig(t)
+	return NewOn(t, ServerConfig(t))
+}
+
+// NewOn is New on the server that cfg names.
+func NewOn(t testing.TB, cfg *mysql.Config) *DB {
+	t.Helper()
+	cfg = cfg.Clone()
 	cfg.DBName = ""
 	admin, err := sql.Open("mysql", cfg.FormatDSN())
 	if err != nil {
