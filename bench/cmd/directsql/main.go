@@ -1,0 +1,113 @@
+// Command directsql is the benchmarks' database baseline: it runs exactly
+// the SQL the module runs for one scenario (the same prepared statements,
+// through the module's own auth and roomstore packages), with the same pool
+// settings and concurrency, but without HTTP or Caddy, and prints
+// throughput and latency as JSON.
+//
+//	directsql -dsn ... -mode close|auth -c 64 -d 10s [-first 0] [-random-token]
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
+)
+
+func main() {
+	dsn := flag.String("dsn", "", "database DSN")
+	mode := flag.String("mode", "close", "close: authenticate and close the next room; auth: the authentication lookup only")
+	conc := flag.Int("c", 16, "concurrent workers (and max open connections)")
+	dur := flag.Duration("d", 10*time.Second, "duration")
+	first := flag.Int("first", 0, "first room index to close")
+	user := flag.String("user", "bench-agent", "X-User-Id")
+	token := flag.String("token", "bench-agent-token", "X-Auth-Token")
+	randomToken := flag.Bool("random-token", false, "a random token per request (the 401 scenario)")
+	flag.Parse()
+
+	cfg, err := mysql.ParseDSN(*dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.ParseTime, cfg.Loc, cfg.InterpolateParams = true, time.UTC, false
+	connector, _ := mysql.NewConnector(cfg)
+	db := sql.OpenDB(connector)
+	db.SetMaxOpenConns(*conc) // the module's max_open_conns in the same run
+	db.SetMaxIdleConns(*conc)
+	ctx := context.Background()
+	authStore, err := auth.NewStore(ctx, db)
+	if err != nil {
+		log.Fatal(err)
+	}
+	rooms, err := roomstore.New(ctx, db)
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	var next atomic.Int64
+	next.Store(int64(*first))
+	var mu sync.Mutex
+	var latencies []time.Duration
+	var failures atomic.Int64
+	deadline := time.Now().Add(*dur)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < *conc; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1<<16)
+			for time.Now().Before(deadline) {
+				t0 := time.Now()
+				tok := *token
+				if *randomToken {
+					tok = strconv.FormatUint(rand.Uint64(), 36)
+				}
+				opCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+				u, err := authStore.Authenticate(opCtx, *user, tok, 90*24*time.Hour)
+				if *mode == "close" && err == nil {
+					i := next.Add(1) - 1
+					_, err = rooms.CloseRoom(opCtx, roomstore.CloseRequest{
+						Rid: fmt.Sprintf("BENCH%07d", i), VisitorToken: "bench-visitor-token",
+						Agent: roomstore.Agent{ID: u.ID, Username: u.Username, Name: u.Name},
+					})
+				}
+				cancel()
+				if err != nil && !(*randomToken && err == auth.ErrUnauthorized) {
+					failures.Add(1)
+				}
+				local = append(local, time.Since(t0))
+			}
+			mu.Lock()
+			latencies = append(latencies, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	slices.Sort(latencies)
+	pct := func(p float64) float64 {
+		if len(latencies) == 0 {
+			return 0
+		}
+		return float64(latencies[int(float64(len(latencies)-1)*p)].Microseconds()) / 1000
+	}
+	json.NewEncoder(os.Stdout).Encode(map[string]any{
+		"requests": len(latencies), "rps": float64(len(latencies)) / elapsed.Seconds(),
+		"p50_ms": pct(0.50), "p99_ms": pct(0.99), "failures": failures.Load(), "next_room": next.Load(),
+	})
+}

@@ -1,0 +1,66 @@
+// Command seed fills a migrated database for the benchmarks: an agent who
+// may close rooms (token "bench-agent-token"), a user who may not
+// ("bench-viewer-token"), a visitor ("bench-visitor-token") and -rooms open
+// voip rooms named BENCH0000000..., with nothing else in the tables.
+package main
+
+import (
+	"database/sql"
+	"flag"
+	"fmt"
+	"log"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+)
+
+func main() {
+	dsn := flag.String("dsn", "", "database DSN")
+	rooms := flag.Int("rooms", 100000, "open rooms to create")
+	flag.Parse()
+	cfg, err := mysql.ParseDSN(*dsn)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.ParseTime = true
+	db, err := sql.Open("mysql", cfg.FormatDSN())
+	if err != nil {
+		log.Fatal(err)
+	}
+	now := time.Now().UTC()
+	for _, q := range []string{"messages", "room_events", "rooms", "livechat_visitors", "user_roles", "user_login_tokens", "users"} {
+		exec(db, "DELETE FROM "+q)
+	}
+	exec(db, "INSERT INTO users (id, username, name) VALUES ('bench-agent', 'agent', 'Agent'), ('bench-viewer', 'viewer', 'Viewer')")
+	exec(db, "INSERT INTO user_login_tokens (user_id, hashed_token, created_at) VALUES (?, ?, ?), (?, ?, ?)",
+		"bench-agent", auth.HashLoginToken("bench-agent-token"), now, "bench-viewer", auth.HashLoginToken("bench-viewer-token"), now)
+	exec(db, "INSERT INTO user_roles (user_id, role) VALUES ('bench-agent', 'livechat-agent'), ('bench-agent', 'user'), ('bench-viewer', 'user')")
+	exec(db, "INSERT INTO livechat_visitors (id, token, username) VALUES ('bench-visitor', 'bench-visitor-token', 'guest-1')")
+	for start := 0; start < *rooms; start += 1000 {
+		var q strings.Builder
+		var args []any
+		q.WriteString("INSERT INTO rooms (id, t, open, ts, visitor_id, visitor_token, visitor_username, updated_at) VALUES ")
+		for i := start; i < min(start+1000, *rooms); i++ {
+			if i > start {
+				q.WriteByte(',')
+			}
+			q.WriteString("(?, 'v', TRUE, ?, 'bench-visitor', 'bench-visitor-token', 'guest-1', ?)")
+			args = append(args, RoomID(i), now, now)
+		}
+		exec(db, q.String(), args...)
+	}
+	exec(db, "INSERT INTO rooms (id, t, open, ts, visitor_id, visitor_token, updated_at) VALUES ('CLOSED', 'v', FALSE, ?, 'bench-visitor', 'bench-visitor-token', ?)", now, now)
+	fmt.Printf("seeded %d rooms\n", *rooms)
+}
+
+// RoomID is the id of bench room i (the wrk scripts build the same ids).
+func RoomID(i int) string { return fmt.Sprintf("BENCH%07d", i) }
+
+func exec(db *sql.DB, q string, args ...any) {
+	if _, err := db.Exec(q, args...); err != nil {
+		log.Fatalf("%s: %v", q, err)
+	}
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Load benchmarks (not part of the test suite): Caddy with the module vs
+# plain Caddy, and vs the same SQL run directly, on loopback with wrk.
+#   bash bench/run.sh                 # everything, 10s runs, 2 A/B rounds
+#   BENCH_ARGS='-d 5s -only a,e' bash bench/run.sh
+# Prints a Markdown table (see the README's performance section).
+set -euo pipefail
+. "$(dirname "$0")/../scripts/lib.sh"
+cd "$ROOT_DIR"
+ensure_go
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing wrk"; apt-get update -qq >&2; apt-get install -y -qq wrk >&2
+  else
+    die "wrk is needed (apt-get install wrk)"
+  fi
+fi
+ensure_mysql
+say "building"
+go build -o "$BIN_DIR/caddy" ./cmd/caddy
+go build -o "$BIN_DIR/bench-upstream" ./bench/cmd/upstream
+go build -o "$BIN_DIR/bench-seed" ./bench/cmd/seed
+go build -o "$BIN_DIR/bench-directsql" ./bench/cmd/directsql
+go build -o "$BIN_DIR/bench-run" ./bench/cmd/bench
+dbtool createdb "$ROCKETCHAT_VOIP_TEST_DSN" rocketchat_voip_bench
+DSN=$(dbtool withdb "$ROCKETCHAT_VOIP_TEST_DSN" rocketchat_voip_bench)
+"$BIN_DIR/caddy" rocketchat-voip migrate --dsn "$DSN" >&2
+say "running (each scenario: alternating rounds, the best round of each side is reported)"
+"$BIN_DIR/bench-run" -bin "$BIN_DIR" -dsn "$DSN" ${BENCH_ARGS:-}
