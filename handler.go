@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -153,9 +154,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		VisitorToken: p.Token,
 		Agent:        roomstore.Agent{ID: user.ID, Username: user.Username, Name: user.Name},
 		Tags:         p.Tags,
-	}
-	if p.Comment != nil {
-		req.Comment = *p.Comment
+		Comment:      p.Comment,
 	}
 	dbStart = time.Now()
 	_, err = h.pool.rooms.CloseRoom(ctx, req)
@@ -210,11 +209,33 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 
 // readBody reads at most max bytes of the body; a longer body is an
 // *http.MaxBytesError.
-func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+// readBody reads at most max bytes of the body. The buffer is sized from
+// Content-Length when there is one, and is handed out as a string without a
+// copy: nothing writes to it after this returns.
+func readBody(w http.ResponseWriter, r *http.Request, max int64) (string, error) {
 	if r.ContentLength > max {
-		return nil, &http.MaxBytesError{Limit: max}
+		return "", &http.MaxBytesError{Limit: max}
 	}
-	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	body := http.MaxBytesReader(w, r.Body, max)
+	size := 512
+	if r.ContentLength >= 0 {
+		size = int(r.ContentLength) + 1 // +1: room to read EOF without growing
+	}
+	buf := make([]byte, 0, size)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+	}
+	return unsafe.String(unsafe.SliceData(buf), len(buf)), nil
 }
 
 // clientIP is Caddy's idea of the client address, which honours

@@ -6,8 +6,8 @@
 package params
 
 import (
-	"bytes"
 	"encoding/json"
+	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -17,8 +17,9 @@ import (
 type Params struct {
 	Rid   string
 	Token string
-	// Comment is options.comment; nil when absent or null.
-	Comment *string
+	// Comment is options.comment; "" when absent or null (which Rocket.Chat
+	// treats as no comment too).
+	Comment string
 	// Tags is options.tags; nil when absent, null or coerced to null.
 	Tags []string
 }
@@ -38,33 +39,23 @@ var (
 	errAdditionalProp = &Error{"must NOT have additional properties"}
 )
 
-var utf8BOM = []byte("\xef\xbb\xbf")
+const utf8BOM = "\ufeff"
 
-// Decode turns a request body into the value Rocket.Chat would validate,
-// following its body-parsing rules: the content type is matched with a
-// case-sensitive "contains"; JSON that does not parse becomes {}; a form
-// becomes an object of strings (the last of repeated keys wins); any other
-// body becomes an object with no 'rid'.
-func Decode(contentType string, body []byte) any {
+// Parse reads a room.close body as Rocket.Chat would and validates it: the
+// content type is matched with a case-sensitive "contains"; a JSON body is
+// decoded as UTF-8 with replacement, a leading BOM dropped, and if it does
+// not parse it is {}; a form becomes an object of strings (the last of
+// repeated keys wins); any other body becomes an object without 'rid'.
+func Parse(contentType, body string) (Params, *Error) {
 	switch {
 	case strings.Contains(contentType, "application/json"):
-		body = wellFormedUTF8(bytes.TrimPrefix(body, utf8BOM))
-		if !json.Valid(body) {
-			return map[string]any{}
-		}
-		dec := json.NewDecoder(bytes.NewReader(body))
-		dec.UseNumber()
-		var v any
-		if err := dec.Decode(&v); err != nil {
-			return map[string]any{}
-		}
-		return v
+		return parseJSON(strings.TrimPrefix(body, utf8BOM))
 	case strings.Contains(contentType, "application/x-www-form-urlencoded"):
-		return decodeForm(string(wellFormedUTF8(body)))
+		return Validate(decodeForm(string(wellFormedUTF8([]byte(body)))))
 	default:
 		// Rocket.Chat spreads a text body into an object ({0:'a',1:'b',…}),
-		// which never has 'rid'. An empty object says the same.
-		return map[string]any{}
+		// which never has 'rid'.
+		return Params{}, errRequiredRid
 	}
 }
 
@@ -82,7 +73,8 @@ func decodeForm(s string) map[string]any {
 	return out
 }
 
-// Validate checks v against the room.close schema and returns the coerced
+// Validate checks a decoded body (a form, or JSON decoded generically)
+// against the room.close schema and returns the coerced
 // parameters or the first error, in AJV's order: type of the body, required
 // properties (rid, then token), additional properties, then each property's
 // type (rid, token, options.comment, options.tags, each tag).
@@ -121,11 +113,9 @@ func Validate(v any) (Params, *Error) {
 		return Params{}, errMustBeObject
 	}
 	if c, present := options["comment"]; present && c != nil {
-		s, err := coerceString(c)
-		if err != nil {
+		if p.Comment, err = coerceString(c); err != nil {
 			return Params{}, err
 		}
-		p.Comment = &s
 	}
 	if t, present := options["tags"]; present {
 		if p.Tags, err = coerceTags(t); err != nil {
@@ -133,11 +123,6 @@ func Validate(v any) (Params, *Error) {
 		}
 	}
 	return p, nil
-}
-
-// Parse is Decode followed by Validate.
-func Parse(contentType string, body []byte) (Params, *Error) {
-	return Validate(Decode(contentType, body))
 }
 
 // coerceString applies AJV's coercion to type "string": numbers and booleans
@@ -194,9 +179,10 @@ func coerceTags(v any) ([]string, *Error) {
 // in plain notation from 1e-6 up to 1e21 and exponent notation outside.
 func jsNumberString(lit string) string {
 	f, err := strconv.ParseFloat(lit, 64)
-	if err != nil && !math.IsInf(f, 0) {
-		return lit // cannot happen for a literal the JSON decoder accepted
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return lit // cannot happen for a literal the scanner accepted
 	}
+	// Out of range, f is ±Inf or ±0, as for JavaScript.
 	switch {
 	case math.IsInf(f, 1):
 		return "Infinity"

@@ -6,7 +6,6 @@ import (
 )
 
 func TestValidateFirstErrorAndCoercion(t *testing.T) {
-	str := func(s string) *string { return &s }
 	cases := []struct {
 		ct, body string
 		want     Params
@@ -19,10 +18,13 @@ func TestValidateFirstErrorAndCoercion(t *testing.T) {
 		{"application/json", `{"rid":1e21,"token":1e-7}`, Params{Rid: "1e+21", Token: "1e-7"}, ""},
 		{"application/json", `{"rid":123456789012345678901,"token":0.000001}`, Params{Rid: "123456789012345680000", Token: "0.000001"}, ""},
 		{"application/json", `{"rid":1e400,"token":-1e400}`, Params{Rid: "Infinity", Token: "-Infinity"}, ""},
+		{"application/json", `{"rid":1e-400,"token":-1e-400}`, Params{Rid: "0", Token: "0"}, ""},
+		{"application/json", `{"rid":"r","token":"t","options":{"x":[[[{"a":[1,{"b":null}]}]]]}}`, Params{Rid: "r", Token: "t"}, ""},
+		{"application/json", `{"rid":"r","token":"t","options":{"x":[[[{"a":[1,{"b":nul}]}]]]}}`, Params{}, "must have required property 'rid'"},
 		{"application/json", `{"rid":"r","token":"t","options":{}}`, Params{Rid: "r", Token: "t"}, ""},
 		{"application/json", `{"rid":"r","token":"t","options":{"comment":null,"tags":null,"x":{}}}`, Params{Rid: "r", Token: "t"}, ""},
 		{"application/json", `{"rid":"r","token":"t","options":{"comment":5,"tags":[1,true,null,"a"]}}`,
-			Params{Rid: "r", Token: "t", Comment: str("5"), Tags: []string{"1", "true", "", "a"}}, ""},
+			Params{Rid: "r", Token: "t", Comment: "5", Tags: []string{"1", "true", "", "a"}}, ""},
 		{"application/json", `{"rid":"r","token":"t","options":{"tags":""}}`, Params{Rid: "r", Token: "t"}, ""},
 		{"application/json", `{"rid":"r","token":"t","options":{"tags":0}}`, Params{Rid: "r", Token: "t"}, ""},
 		{"application/json", `{"rid":"r","token":"t","options":{"tags":0.0}}`, Params{Rid: "r", Token: "t"}, ""},
@@ -44,7 +46,7 @@ func TestValidateFirstErrorAndCoercion(t *testing.T) {
 		{"application/x-www-form-urlencoded", ``, Params{}, "must have required property 'rid'"},
 	}
 	for _, c := range cases {
-		got, err := Parse(c.ct, []byte(c.body))
+		got, err := Parse(c.ct, c.body)
 		if c.err != "" {
 			if err == nil || err.Message != c.err {
 				t.Errorf("%s %s: got %+v %v, want error %q", c.ct, c.body, got, err, c.err)
@@ -66,7 +68,7 @@ func TestJSNumberString(t *testing.T) {
 		"0": "0", "-0": "0", "0.0": "0", "1": "1", "-1": "-1", "10": "10", "1.25": "1.25", "100e-2": "1",
 		"0.1": "0.1", "1e20": "100000000000000000000", "1e21": "1e+21", "1.5e21": "1.5e+21", "1e-6": "0.000001",
 		"1e-7": "1e-7", "-2.5e-8": "-2.5e-8", "9007199254740993": "9007199254740992", "0.30000000000000004": "0.30000000000000004",
-		"5e-324": "5e-324", "1.7976931348623157e308": "1.7976931348623157e+308", "123e-20": "1.23e-18",
+		"5e-324": "5e-324", "1.7976931348623157e308": "1.7976931348623157e+308", "123e-20": "1.23e-18", "1e-400": "0", "-1e-400": "0",
 	} {
 		if got := jsNumberString(lit); got != want {
 			t.Errorf("jsNumberString(%s) = %s, want %s", lit, got, want)

@@ -1,0 +1,64 @@
+package params
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"reflect"
+	"testing"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/corpus"
+)
+
+// referenceParseJSON is the obvious, slow reading of a JSON body: decode it
+// with encoding/json into generic values, then Validate. The one-pass scanner
+// in json.go must agree with it on every body.
+func referenceParseJSON(body string) (Params, *Error) {
+	data := wellFormedUTF8(bytes.TrimPrefix([]byte(body), []byte(utf8BOM)))
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return Validate(map[string]any{}) // not JSON: {}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Validate(map[string]any{}) // trailing data: not JSON either
+	}
+	return Validate(v)
+}
+
+func sameOutcome(t *testing.T, body string) {
+	t.Helper()
+	got, gotErr := Parse("application/json", body)
+	want, wantErr := referenceParseJSON(body)
+	if (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Message != wantErr.Message) {
+		t.Fatalf("body %q: scanner says %v, reference says %v", body, gotErr, wantErr)
+	}
+	if gotErr == nil && !reflect.DeepEqual(got, want) {
+		t.Fatalf("body %q: scanner gives %#v, reference gives %#v", body, got, want)
+	}
+}
+
+func TestScannerAgreesWithReferenceOnCorpus(t *testing.T) {
+	n := 0
+	for _, c := range corpus.Cases() {
+		sameOutcome(t, string(c.Body))
+		n++
+	}
+	if n < 200 {
+		t.Fatalf("corpus has %d bodies, want at least 200", n)
+	}
+}
+
+// BenchmarkReference measures the encoding/json reading the scanner
+// replaced, for comparison with BenchmarkParse.
+func BenchmarkReference(b *testing.B) {
+	for name, body := range typicalBodies {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				referenceParseJSON(body)
+			}
+		})
+	}
+}
