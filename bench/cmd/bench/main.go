@@ -29,7 +29,11 @@ type result struct {
 	SocketErrors int     `json:"socket_errors"`
 	Non2xx       int     `json:"non2xx"`
 	Failures     int     `json:"failures"`
-	NextRoom     int     `json:"next_room"`
+
+	// CPU time per request, in µs, of each process taking part: the load
+	// generator, the server answering (Caddy, or the net/http baseline), and
+	// MariaDB when it runs on this machine.
+	LoadCPU, ServerCPU, DBCPU float64
 }
 
 var (
@@ -38,15 +42,21 @@ var (
 	duration = flag.String("d", "10s", "duration of each wrk / baseline run")
 	rounds   = flag.Int("rounds", 2, "A/B rounds per scenario")
 	memory   = flag.Int("memory-requests", 1000000, "requests of mixed outcomes for the RSS check (0: skip)")
-	rooms    = flag.Int("rooms", 150000, "rooms to seed for the close scenario")
+	rooms    = flag.Int("rooms", 150000, "rooms to seed (each close run reopens them and starts again from the first)")
 	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,mem); empty: all")
+	admin    = flag.Bool("admin", false, "enable Caddy's admin API on "+adminAddr+", for /debug/pprof while a scenario runs")
 )
 
 const (
 	upstreamAddr = "127.0.0.1:18189"
 	moduleAddr   = "127.0.0.1:18180"
 	plainAddr    = "127.0.0.1:18181"
+	lookupAddr   = "127.0.0.1:18182" // directsql -http: the lookup behind bare net/http
+	adminAddr    = "127.0.0.1:18199"
 )
+
+// The processes whose CPU time is counted per run.
+var caddyPid, lookupPid, dbPid int
 
 func main() {
 	flag.Parse()
@@ -55,11 +65,16 @@ func main() {
 	wrkDir, _ := filepath.Abs("bench/wrk")
 	os.Setenv("BENCH_WRK_DIR", wrkDir)
 	run(bin("bench-seed"), "-dsn", *dsn, "-rooms", strconv.Itoa(*rooms))
+	dbPid = findDBServer()
 
 	start(bin("bench-upstream"), "-listen", upstreamAddr)
+	adminLine := "admin off"
+	if *admin {
+		adminLine = "admin " + adminAddr
+	}
 	caddyfile := filepath.Join(os.TempDir(), "rocketchat-voip-bench.Caddyfile")
 	os.WriteFile(caddyfile, []byte(fmt.Sprintf(`{
-	admin off
+	%s
 	auto_https off
 	persist_config off
 	log {
@@ -77,41 +92,51 @@ http://%s {
 http://%s {
 	reverse_proxy %s
 }
-`, moduleAddr, *dsn, upstreamAddr, plainAddr, upstreamAddr)), 0o600)
+`, adminLine, moduleAddr, *dsn, upstreamAddr, plainAddr, upstreamAddr)), 0o600)
 	caddy := start(bin("caddy"), "run", "--config", caddyfile, "--adapter", "caddyfile")
+	caddyPid = caddy.Process.Pid
+	lookup := start(bin("bench-directsql"), "-dsn", *dsn, "-http", lookupAddr, "-c", "64")
+	lookupPid = lookup.Process.Pid
 	waitFor(moduleAddr)
 	waitFor(plainAddr)
 	waitFor(upstreamAddr)
+	waitFor(lookupAddr)
 
-	var rows []string
+	var rows, cpuRows []string
+	add := func(name, baselineName string, base, mod result, target float64) {
+		rows = append(rows, compare(name, baselineName, base, mod, target))
+		cpuRows = append(cpuRows, cpuRow(name, baselineName, base, mod))
+	}
 	want := func(s string) bool { return *only == "" || strings.Contains(","+*only+",", ","+s+",") }
 	if want("a") {
 		var plain, module []result
 		for r := 0; r < *rounds; r++ {
-			plain = append(plain, wrk(plainAddr, 64, "get.lua"))
-			module = append(module, wrk(moduleAddr, 64, "get.lua"))
+			plain = append(plain, wrk(caddyPid, plainAddr, 64, "get.lua"))
+			module = append(module, wrk(caddyPid, moduleAddr, 64, "get.lua"))
 		}
-		rows = append(rows, compare("(a) pass-through GET, 64 conns", "plain reverse_proxy", best(plain), best(module), 0.98))
+		add("(a) pass-through GET, 64 conns", "plain reverse_proxy", best(plain), best(module), 0.98)
 	}
 	if want("b") {
-		next := 0
 		for _, conns := range []int{16, 64} {
 			var direct, module []result
 			for r := 0; r < *rounds; r++ {
-				d := directsql("-mode", "close", "-c", strconv.Itoa(conns), "-first", strconv.Itoa(next))
-				next = d.NextRoom + 100
+				run(bin("bench-seed"), "-dsn", *dsn, "-reopen")
+				d := directsql("-mode", "close", "-c", strconv.Itoa(conns), "-first", "0")
 				direct = append(direct, d)
-				m := wrk(moduleAddr, conns, "close.lua", strconv.Itoa(next), "2")
-				next += m.Requests + 1000
+				run(bin("bench-seed"), "-dsn", *dsn, "-reopen")
+				m := wrk(caddyPid, moduleAddr, conns, "close.lua", "0", "2")
 				if d.Failures > 0 || m.Non2xx > 0 || m.SocketErrors > 0 {
-					log.Printf("warning: close scenario: %d baseline failures, %d non-2xx and %d socket errors from the module", d.Failures, m.Non2xx, m.SocketErrors)
+					log.Printf("warning: close scenario: %d baseline failures, %d non-2xx and %d socket errors from the module (seed more rooms with -rooms?)", d.Failures, m.Non2xx, m.SocketErrors)
 				}
 				module = append(module, m)
 			}
-			rows = append(rows, compare(fmt.Sprintf("(b) room.close successes, %d conns", conns), "direct SQL", best(direct), best(module), 0.85))
+			add(fmt.Sprintf("(b) room.close successes, %d conns", conns), "direct SQL", best(direct), best(module), 0.85)
 		}
 	}
-	for _, s := range []struct{ key, name, script string; args []string }{
+	for _, s := range []struct {
+		key, name, script string
+		args              []string
+	}{
 		{"c", "(c) 401 random tokens, 64 conns", "unauthorized.lua", []string{"-random-token"}},
 		{"d", "(d) 403, 64 conns", "forbidden.lua", []string{"-user", "bench-viewer", "-token", "bench-viewer-token"}},
 		{"e", "(e) 400 validation failures, 64 conns", "invalid.lua", nil},
@@ -119,12 +144,14 @@ http://%s {
 		if !want(s.key) {
 			continue
 		}
-		var direct, module []result
+		var direct, overHTTP, module []result
 		for r := 0; r < *rounds; r++ {
 			direct = append(direct, directsql(append([]string{"-mode", "auth", "-c", "64"}, s.args...)...))
-			module = append(module, wrk(moduleAddr, 64, s.script))
+			overHTTP = append(overHTTP, wrk(lookupPid, lookupAddr, 64, s.script))
+			module = append(module, wrk(caddyPid, moduleAddr, 64, s.script))
 		}
-		rows = append(rows, compare(s.name, "direct SQL lookup", best(direct), best(module), 0.9))
+		add(s.name, "direct SQL lookup", best(direct), best(module), 0.9)
+		add(s.name, "lookup behind net/http", best(overHTTP), best(module), 0.9)
 	}
 
 	fmt.Println("| scenario | baseline | baseline req/s | module req/s | ratio (target) | baseline p50 / p99 ms | module p50 / p99 ms | p99 ratio |")
@@ -132,17 +159,25 @@ http://%s {
 	for _, r := range rows {
 		fmt.Println(r)
 	}
+	fmt.Println()
+	fmt.Println("CPU time per request, µs (load generator + server + MariaDB):")
+	fmt.Println()
+	fmt.Println("| scenario | baseline | baseline load / server / db | module load / Caddy / db |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range cpuRows {
+		fmt.Println(r)
+	}
 
 	if *memory > 0 && want("mem") {
-		warm := wrkFor(moduleAddr, 64, "mixed.lua", "10s")
-		before := rss(caddy.Process.Pid)
+		warm := wrkFor(caddyPid, moduleAddr, 64, "mixed.lua", "10s")
+		before := rss(caddyPid)
 		total := warm.Requests
 		for done := 0; done < *memory; {
-			r := wrkFor(moduleAddr, 64, "mixed.lua", "30s")
+			r := wrkFor(caddyPid, moduleAddr, 64, "mixed.lua", "30s")
 			done += r.Requests
 			total += r.Requests
 		}
-		after := rss(caddy.Process.Pid)
+		after := rss(caddyPid)
 		fmt.Printf("\nMemory: Caddy RSS %.1f MiB after warm-up, %.1f MiB after %d more requests of mixed outcomes (%+.1f%%)\n",
 			float64(before)/1024, float64(after)/1024, total-warm.Requests, 100*(float64(after)/float64(before)-1))
 	}
@@ -163,12 +198,20 @@ func start(name string, args ...string) *exec.Cmd {
 }
 
 func run(name string, args ...string) []byte {
-	out, err := exec.Command(name, args...).Output()
+	out, _ := runCPU(name, args...)
+	return out
+}
+
+// runCPU runs a command to its end and returns its output and CPU time.
+func runCPU(name string, args ...string) ([]byte, time.Duration) {
+	cmd := exec.Command(name, args...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
 	if err != nil {
 		stop()
 		log.Fatalf("%s %v: %v", name, args, err)
 	}
-	return out
+	return out, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 }
 
 func stop() {
@@ -189,20 +232,68 @@ func waitFor(addr string) {
 	log.Fatalf("%s did not come up", addr)
 }
 
-func wrk(addr string, conns int, script string, args ...string) result {
-	return wrkFor(addr, conns, script, *duration, args...)
+func wrk(serverPid int, addr string, conns int, script string, args ...string) result {
+	return wrkFor(serverPid, addr, conns, script, *duration, args...)
 }
 
-func wrkFor(addr string, conns int, script, d string, args ...string) result {
+func wrkFor(serverPid int, addr string, conns int, script, d string, args ...string) result {
 	cmdArgs := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d, "--timeout", "5s", "-s", filepath.Join("bench/wrk", script), "http://" + addr}
 	if len(args) > 0 {
 		cmdArgs = append(cmdArgs, append([]string{"--"}, args...)...)
 	}
-	return lastJSON(run("wrk", cmdArgs...))
+	server, db := cpuTime(serverPid), cpuTime(dbPid)
+	out, load := runCPU("wrk", cmdArgs...)
+	r := lastJSON(out)
+	r.setCPU(load, cpuTime(serverPid)-server, cpuTime(dbPid)-db)
+	return r
 }
 
+// directsql runs the SQL baseline, which is its own load generator.
 func directsql(args ...string) result {
-	return lastJSON(run(bin("bench-directsql"), append([]string{"-dsn", *dsn, "-d", *duration}, args...)...))
+	db := cpuTime(dbPid)
+	out, load := runCPU(bin("bench-directsql"), append([]string{"-dsn", *dsn, "-d", *duration}, args...)...)
+	r := lastJSON(out)
+	r.setCPU(load, 0, cpuTime(dbPid)-db)
+	return r
+}
+
+func (r *result) setCPU(load, server, db time.Duration) {
+	if r.Requests == 0 {
+		return
+	}
+	per := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(r.Requests) }
+	r.LoadCPU, r.ServerCPU, r.DBCPU = per(load), per(server), per(db)
+}
+
+// cpuTime is the user+system CPU time of a running process (0 if unknown).
+func cpuTime(pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are the
+	// 14th and 15th fields of the line, in clock ticks (100 per second).
+	rest := data[bytes.LastIndexByte(data, ')')+2:]
+	f := strings.Fields(string(rest))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// findDBServer is the pid of a MariaDB or MySQL server on this machine, or 0.
+func findDBServer() int {
+	for _, name := range []string{"mariadbd", "mysqld"} {
+		out, err := exec.Command("pgrep", "-o", "-x", name).Output()
+		if err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(out))); err == nil {
+				return pid
+			}
+		}
+	}
+	return 0
 }
 
 func lastJSON(out []byte) result {
@@ -235,6 +326,11 @@ func compare(name, baselineName string, base, mod result, target float64) string
 	}
 	return fmt.Sprintf("| %s | %s | %.0f | %.0f | %.2f (≥ %.2f) %s | %.2f / %.2f | %.2f / %.2f | %.2f |",
 		name, baselineName, base.RPS, mod.RPS, ratio, target, mark, base.P50, base.P99, mod.P50, mod.P99, mod.P99/base.P99)
+}
+
+func cpuRow(name, baselineName string, base, mod result) string {
+	return fmt.Sprintf("| %s | %s | %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |",
+		name, baselineName, base.LoadCPU, base.ServerCPU, base.DBCPU, mod.LoadCPU, mod.ServerCPU, mod.DBCPU)
 }
 
 // rss is the resident set of pid in KiB.

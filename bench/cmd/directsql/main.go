@@ -5,16 +5,27 @@
 // throughput and latency as JSON.
 //
 //	directsql -dsn ... -mode close|auth -c 64 -d 10s [-first 0] [-random-token]
+//
+// With -http it is instead the thinnest HTTP server in front of the same
+// lookup: net/http, no Caddy, answering a room.close with the status the
+// lookup decides (401, 403, or 400 for an invalid body) and a fixed body, to
+// be driven by the same wrk script as the module. It measures what the
+// lookup costs an HTTP client without Caddy's own work per request.
+//
+//	directsql -dsn ... -http 127.0.0.1:18182 -c 64
 package main
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -37,6 +48,7 @@ func main() {
 	user := flag.String("user", "bench-agent", "X-User-Id")
 	token := flag.String("token", "bench-agent-token", "X-Auth-Token")
 	randomToken := flag.Bool("random-token", false, "a random token per request (the 401 scenario)")
+	httpAddr := flag.String("http", "", "serve the lookup over HTTP on this address instead of running a load")
 	flag.Parse()
 
 	cfg, err := mysql.ParseDSN(*dsn)
@@ -56,6 +68,11 @@ func main() {
 	rooms, err := roomstore.New(ctx, db)
 	if err != nil {
 		log.Fatal(err)
+	}
+
+	if *httpAddr != "" {
+		serveLookup(*httpAddr, authStore)
+		return
 	}
 
 	var next atomic.Int64
@@ -110,4 +127,30 @@ func main() {
 		"requests": len(latencies), "rps": float64(len(latencies)) / elapsed.Seconds(),
 		"p50_ms": pct(0.50), "p99_ms": pct(0.99), "failures": failures.Load(), "next_room": next.Load(),
 	})
+}
+
+func serveLookup(addr string, authStore *auth.Store) {
+	unauthorized := []byte(`{"status":"error","message":"You must be logged in to do this."}`)
+	forbidden := []byte(`{"success":false,"error":"unauthorized"}`)
+	invalid := []byte(`{"success":false,"error":"must be string [invalid-params]","errorType":"invalid-params"}`)
+	log.Fatal(http.ListenAndServe(addr, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		u, err := authStore.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"), 90*24*time.Hour)
+		w.Header().Set("Content-Type", "application/json")
+		switch {
+		case err != nil:
+			w.WriteHeader(http.StatusUnauthorized)
+			w.Write(unauthorized)
+		case bytes.HasPrefix(body, []byte(`{"rid":1}`)):
+			w.WriteHeader(http.StatusBadRequest)
+			w.Write(invalid)
+		case !u.CanCloseRooms:
+			w.WriteHeader(http.StatusForbidden)
+			w.Write(forbidden)
+		default:
+			w.Write([]byte(`{"success":true}`))
+		}
+	})))
 }

@@ -20,6 +20,7 @@ import (
 func main() {
 	dsn := flag.String("dsn", "", "database DSN")
 	rooms := flag.Int("rooms", 100000, "open rooms to create")
+	reopen := flag.Bool("reopen", false, "only reopen the bench rooms closed by an earlier run and delete their messages and events, so that every close run starts from the same tables")
 	flag.Parse()
 	cfg, err := mysql.ParseDSN(*dsn)
 	if err != nil {
@@ -29,6 +30,15 @@ func main() {
 	db, err := sql.Open("mysql", cfg.FormatDSN())
 	if err != nil {
 		log.Fatal(err)
+	}
+	if *reopen {
+		exec(db, "DELETE FROM messages")
+		exec(db, "DELETE FROM room_events")
+		exec(db, `UPDATE rooms SET open = TRUE, closed_at = NULL, closer = NULL, closed_by_id = NULL,
+  closed_by_username = NULL, call_duration = NULL, call_waiting_time = NULL, call_total_hold_time = NULL,
+  visitor_status = NULL, msgs = 0, lm = NULL, last_message_id = NULL
+WHERE id LIKE 'BENCH%' AND open = FALSE`)
+		return
 	}
 	now := time.Now().UTC()
 	for _, q := range []string{"messages", "room_events", "rooms", "livechat_visitors", "user_roles", "user_login_tokens", "users"} {
