@@ -1,11 +1,13 @@
 package rocketchatvoip_test
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,7 +39,9 @@ func mixedTraffic(e *env, plain testdb.Agent, rids, tokens []string) []mixedRequ
 		return func(s int, b string) bool { return s == status && b == body }
 	}
 	return []mixedRequest{
-		{"close", func(e *env, i int) *http.Request { return post(e.agent, e.agent.Token, closeBody(rids[i%len(rids)], tokens[i%len(rids)])) },
+		{"close", func(e *env, i int) *http.Request {
+			return post(e.agent, e.agent.Token, closeBody(rids[i%len(rids)], tokens[i%len(rids)]))
+		},
 			func(s int, b string) bool {
 				return s == 200 && strings.HasPrefix(b, `{"rid":"BULK`) || s == 400 && b == `{"success":false,"error":"room-closed"}`
 			}},
@@ -45,7 +49,9 @@ func mixedTraffic(e *env, plain testdb.Agent, rids, tokens []string) []mixedRequ
 		{"forbidden", func(e *env, i int) *http.Request { return post(plain, plain.Token, closeBody("x", "y")) }, is(403, body403)},
 		{"invalid_params", func(e *env, i int) *http.Request { return post(e.agent, e.agent.Token, `{"rid":1}`) }, is(400, invalid("must have required property 'token'"))},
 		{"invalid_token", func(e *env, i int) *http.Request { return post(e.agent, e.agent.Token, closeBody("x", "nobody")) }, is(400, `{"success":false,"error":"invalid-token"}`)},
-		{"invalid_room", func(e *env, i int) *http.Request { return post(e.agent, e.agent.Token, closeBody("nowhere", tokens[0])) }, is(400, `{"success":false,"error":"invalid-room"}`)},
+		{"invalid_room", func(e *env, i int) *http.Request {
+			return post(e.agent, e.agent.Token, closeBody("nowhere", tokens[0]))
+		}, is(400, `{"success":false,"error":"invalid-room"}`)},
 		{"too_large", func(e *env, i int) *http.Request { return post(e.agent, e.agent.Token, strings.Repeat(" ", 5000)) }, is(413, `{"success":false,"error":"request entity too large"}`)},
 		{"pass_through", func(e *env, i int) *http.Request {
 			req, _ := http.NewRequest(http.MethodGet, e.caddy.BaseURL+fmt.Sprintf("/api/v1/me?i=%d", i), nil)
@@ -75,7 +81,6 @@ func TestSoak(t *testing.T) {
 	plain := e.db.AddUser(t, "plain", "user")
 	rids, tokens := seedRooms(t, e.db, 5000)
 	kinds := mixedTraffic(e, plain, rids, tokens)
-	e.db.SetMaxIdleConns(0)
 
 	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
 	run := func(d time.Duration) (sent, bad int64, firstBad string, maxConns int) {
@@ -104,11 +109,36 @@ func TestSoak(t *testing.T) {
 				}
 			}()
 		}
-		// Reopen closed rooms now and then so that closes keep succeeding.
+		// Reopen closed rooms now and then so that closes keep succeeding,
+		// and count the gateway's connections, on one connection of the
+		// test's own that the count leaves out.
+		own, err := e.db.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer own.Close()
 		for time.Now().Before(stop) {
 			time.Sleep(time.Second)
-			e.db.Exec(t, "UPDATE rooms SET open = TRUE WHERE open = FALSE AND id LIKE 'BULK%'")
-			maxConns = max(maxConns, connections(t, e.db, e.db.Name))
+			if _, err := own.ExecContext(context.Background(), "UPDATE rooms SET open = TRUE WHERE open = FALSE AND id LIKE 'BULK%'"); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := own.QueryRowContext(context.Background(),
+				"SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()", e.db.Name).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			if n > maxConns {
+				maxConns = n
+				if n > 16 {
+					rows, _ := own.QueryContext(context.Background(), "SELECT ID, COMMAND, TIME, COALESCE(STATE, ''), COALESCE(INFO, '') FROM information_schema.PROCESSLIST WHERE DB = ?", e.db.Name)
+					for rows != nil && rows.Next() {
+						var id, secs int64
+						var cmd, state, info string
+						rows.Scan(&id, &cmd, &secs, &state, &info)
+						t.Logf("connection %d: %s %ds %s %.60s", id, cmd, secs, state, info)
+					}
+				}
+			}
 		}
 		wg.Wait()
 		f, _ := first.Load().(string)
@@ -119,6 +149,7 @@ func TestSoak(t *testing.T) {
 	client.CloseIdleConnections()
 	time.Sleep(time.Second)
 	goroutinesBefore := runtime.NumGoroutine()
+	stacksBefore := goroutineStacks()
 	sent, bad, first, maxConns := run(duration)
 	client.CloseIdleConnections()
 	time.Sleep(2 * time.Second)
@@ -129,7 +160,7 @@ func TestSoak(t *testing.T) {
 		t.Errorf("%d unexpected answers; first: %s", bad, first)
 	}
 	if goroutinesAfter > goroutinesBefore+20 {
-		t.Errorf("goroutines grew from %d to %d", goroutinesBefore, goroutinesAfter)
+		t.Errorf("goroutines grew from %d to %d\nbefore:\n%s\nafter:\n%s", goroutinesBefore, goroutinesAfter, stacksBefore, goroutineStacks())
 	}
 	if maxConns > 16 {
 		t.Errorf("%d MySQL connections, more than max_open_conns (16)", maxConns)
@@ -256,4 +287,11 @@ func TestMariaDBRestartUnderLoad(t *testing.T) {
 	  OR (r.open = TRUE AND r.msgs = 0 AND (SELECT COUNT(*) FROM messages m WHERE m.rid = r.id) = 0 AND (SELECT COUNT(*) FROM room_events v WHERE v.rid = r.id) = 0))`); n != 0 {
 		t.Fatalf("%d rooms half-written", n)
 	}
+}
+
+// goroutineStacks is the goroutine profile, grouped by stack.
+func goroutineStacks() string {
+	var b strings.Builder
+	pprof.Lookup("goroutine").WriteTo(&b, 1)
+	return b.String()
 }
