@@ -62,19 +62,27 @@ func openFromFlags(c *cobra.Command) (*sql.DB, string, error) {
 	return db, describeDSN(cfg), err
 }
 
+// withDatabase runs fn with the pool named by --dsn (or the environment),
+// its description without credentials, and a context bounded by timeout.
+func withDatabase(timeout time.Duration, fn func(c *cobra.Command, ctx context.Context, db *sql.DB, where string) error) func(*cobra.Command, []string) error {
+	return func(c *cobra.Command, _ []string) error {
+		db, where, err := openFromFlags(c)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		ctx, cancel := context.WithTimeout(c.Context(), timeout)
+		defer cancel()
+		return fn(c, ctx, db, where)
+	}
+}
+
 func migrateCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "migrate [--dsn <dsn>] [--status]",
 		Short: "Apply the embedded schema migrations (idempotent)",
 		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			db, where, err := openFromFlags(c)
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), 5*time.Minute)
-			defer cancel()
+		RunE: withDatabase(5*time.Minute, func(c *cobra.Command, ctx context.Context, db *sql.DB, where string) error {
 			if status, _ := c.Flags().GetBool("status"); status {
 				v, err := schema.Version(ctx, db)
 				if err != nil {
@@ -96,7 +104,7 @@ func migrateCommand() *cobra.Command {
 				fmt.Fprintf(c.OutOrStdout(), "%s: applied migrations %v, schema at version %d\n", where, applied, schema.Latest())
 			}
 			return nil
-		},
+		}),
 	}
 	addDSNFlag(c)
 	c.Flags().Bool("status", false, "only print the schema version; exit 1 if it is behind")
@@ -108,14 +116,7 @@ func checkCommand() *cobra.Command {
 		Use:   "check [--dsn <dsn>]",
 		Short: "Check that a database is ready: reachable, schema current, permission rows present",
 		Args:  cobra.NoArgs,
-		RunE: func(c *cobra.Command, _ []string) error {
-			db, where, err := openFromFlags(c)
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			ctx, cancel := context.WithTimeout(c.Context(), time.Minute)
-			defer cancel()
+		RunE: withDatabase(time.Minute, func(c *cobra.Command, ctx context.Context, db *sql.DB, where string) error {
 			problems := checkDatabase(ctx, db)
 			for _, p := range problems {
 				fmt.Fprintln(c.OutOrStdout(), "problem:", p)
@@ -125,7 +126,7 @@ func checkCommand() *cobra.Command {
 			}
 			fmt.Fprintf(c.OutOrStdout(), "%s: ok (schema version %d)\n", where, schema.Latest())
 			return nil
-		},
+		}),
 	}
 	addDSNFlag(c)
 	return c
