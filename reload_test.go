@@ -51,7 +51,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 	// During a reload Caddy itself (measured without this module, plain
 	// reverse_proxy: about 2% of connections) closes some connections before
 	// answering, and the client sees EOF with no response. Clients retry a
-	// request in that case; so does this one (up to 3 tries), counting how
+	// request in that case; so does this one (up to 5 tries), counting how
 	// often. Every answer that arrives must be the right one.
 	stop := make(chan struct{})
 	var sent, failed, retried atomic.Int64
@@ -81,7 +81,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 				}
 				req, want := newReq()
 				resp, err := e.client.Do(req)
-				for attempt := 1; err != nil && attempt < 3; attempt++ {
+				for attempt := 1; err != nil && attempt < 5; attempt++ {
 					retried.Add(1)
 					time.Sleep(10 * time.Millisecond)
 					req, _ = newReq()
