@@ -208,10 +208,9 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 }
 
 // readBody reads at most max bytes of the body; a longer body is an
-// *http.MaxBytesError.
-// readBody reads at most max bytes of the body. The buffer is sized from
-// Content-Length when there is one, and is handed out as a string without a
-// copy: nothing writes to it after this returns.
+// *http.MaxBytesError. The buffer is sized from Content-Length when there is
+// one, and is handed out as a string without a copy: nothing writes to it
+// after this returns.
 func readBody(w http.ResponseWriter, r *http.Request, max int64) (string, error) {
 	if r.ContentLength > max {
 		return "", &http.MaxBytesError{Limit: max}

@@ -238,23 +238,16 @@ func (sc *scanner) object(member func(key, value string)) bool {
 		return true
 	}
 	for {
+		key, ok := sc.key()
+		if !ok {
+			return false
+		}
 		sc.ws()
 		start := sc.i
-		if sc.peek() != '"' || !sc.str() {
-			return false
-		}
-		key := unquote(sc.s[start:sc.i])
-		sc.ws()
-		if sc.peek() != ':' {
-			return false
-		}
-		sc.i++
-		sc.ws()
-		start = sc.i
 		if !sc.value() {
 			return false
 		}
-		member(key, sc.s[start:sc.i])
+		member(unquote(key), sc.s[start:sc.i])
 		sc.ws()
 		switch sc.peek() {
 		case ',':
@@ -314,8 +307,10 @@ func (sc *scanner) value() bool {
 				break
 			}
 			stack = append(stack, c)
-			if c == '{' && !sc.key() {
-				return false
+			if c == '{' {
+				if _, ok := sc.key(); !ok {
+					return false
+				}
 			}
 			continue
 		case '"':
@@ -349,8 +344,10 @@ func (sc *scanner) value() bool {
 			c := sc.peek()
 			if c == ',' {
 				sc.i++
-				if top == '{' && !sc.key() {
-					return false
+				if top == '{' {
+					if _, ok := sc.key(); !ok {
+						return false
+					}
 				}
 				break
 			}
@@ -363,18 +360,20 @@ func (sc *scanner) value() bool {
 	}
 }
 
-// key skips `"name" :` inside an object.
-func (sc *scanner) key() bool {
+// key skips `"name" :` inside an object and returns the raw "name".
+func (sc *scanner) key() (raw string, ok bool) {
 	sc.ws()
+	start := sc.i
 	if sc.peek() != '"' || !sc.str() {
-		return false
+		return "", false
 	}
+	raw = sc.s[start:sc.i]
 	sc.ws()
 	if sc.peek() != ':' {
-		return false
+		return "", false
 	}
 	sc.i++
-	return true
+	return raw, true
 }
 
 func (sc *scanner) literal(word string) bool {
