@@ -10,4 +10,4 @@ ensure_mysql
 export ROCKETCHAT_VOIP_REQUIRE_DB=1
 export ROCKETCHAT_VOIP_SOAK="${SOAK:-10m}"
 export ROCKETCHAT_VOIP_RESTART=1
-go test -count=1 -v -timeout 60m -run 'TestSoak|TestMariaDBRestartUnderLoad' . 2>&1 | grep -v '^{"level'
+go test -count=1 -v -timeout 60m -run 'TestSoak|TestMariaDBRestartUnderLoad' ./systemtest 2>&1 | grep -v '^{"level'

@@ -1,4 +1,4 @@
-package rocketchatvoip_test
+package systemtest
 
 import (
 	"bufio"

@@ -1,4 +1,9 @@
-package rocketchatvoip_test
+// Package systemtest proves the module end to end: each test runs Caddy with
+// the module (a real process or the caddytest harness), a real MySQL or
+// MariaDB, and a real upstream on loopback. Files are grouped by what they
+// prove: the contract table, hostile input, database failures, pass-through,
+// operability, reloads, exactly-once and outages, soak and restarts.
+package systemtest
 
 import (
 	"database/sql"
