@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -47,7 +48,7 @@ const (
 // ServeHTTP answers POST <path>; everything else goes to next untouched. A
 // handled request is never passed on, whatever its outcome.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if r.Method != http.MethodPost || r.URL.Path != h.Path {
+	if r.Method != http.MethodPost || r.URL.Path != h.Path || hasEncodedSlash(r.URL.RawPath) {
 		return next.ServeHTTP(w, r)
 	}
 	h.serveRoomClose(w, r)
@@ -107,7 +108,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 
 	// 1. authentication (the same query also reads the permissions)
 	dbStart := time.Now()
-	user, err := h.pool.auth.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"), time.Duration(h.LoginExpiration))
+	user, err := h.pool.auth.Authenticate(ctx, singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token"), time.Duration(h.LoginExpiration))
 	st.dbTime += time.Since(dbStart)
 	if errors.Is(err, auth.ErrUnauthorized) {
 		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
@@ -248,4 +249,22 @@ func clientIP(r *http.Request) string {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// hasEncodedSlash reports a %2F in the request's escaped path. Go decodes it
+// into URL.Path, but Rocket.Chat's router does not take it for a separator,
+// so such a path is not room.close there and must not be here. Other escapes
+// (room%2Eclose) decode to the same route in both.
+func hasEncodedSlash(rawPath string) bool {
+	return rawPath != "" && (strings.Contains(rawPath, "%2F") || strings.Contains(rawPath, "%2f"))
+}
+
+// singleHeader returns the one value of a credential header, or "" when it
+// is missing or repeated: Node joins repeated values into "a, b", which names
+// no user and no token, so Rocket.Chat answers 401.
+func singleHeader(h http.Header, name string) string {
+	if v := h[name]; len(v) == 1 {
+		return v[0]
+	}
+	return ""
 }

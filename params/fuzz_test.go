@@ -31,12 +31,12 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if !strings.Contains(contentType, "application/json") {
+		if !strings.Contains(contentType, "application/json") || tooDeepForReference(body) {
 			return // forms are strings by construction; other bodies never validate
 		}
 		// An accepted body satisfies the schema written out independently.
 		var v any
-		dec := json.NewDecoder(bytes.NewReader(wellFormedUTF8([]byte(strings.TrimPrefix(body, utf8BOM)))))
+		dec := json.NewDecoder(bytes.NewReader(wellFormedUTF8([]byte(trimBOMs(body)))))
 		dec.UseNumber()
 		if dec.Decode(&v) != nil {
 			t.Fatalf("accepted a body that is not JSON: %q", body)

@@ -19,10 +19,14 @@ func parseJSON(body string) (Params, *Error) {
 	sc := scanner{s: body}
 	sc.ws()
 	if sc.peek() != '{' {
-		if sc.value() && sc.end() {
+		// Rocket.Chat's router hands an array to the validator as it is and
+		// spreads any other value into an object ({ ...parsed }): null,
+		// numbers and booleans become {}, a string its characters keyed
+		// "0", "1", …; none of them has 'rid'. Not JSON at all is {} too.
+		if sc.peek() == '[' && sc.value() && sc.end() {
 			return Params{}, errMustBeObject
 		}
-		return Params{}, errRequiredRid // not JSON: {}
+		return Params{}, errRequiredRid
 	}
 	var rid, token, options string // raw values; "" when absent
 	extra := false

@@ -41,6 +41,13 @@ var (
 
 const utf8BOM = "\ufeff"
 
+// trimBOMs drops the byte-order marks that Node's Request.json() drops: it
+// strips one while decoding the bytes and its TextDecoder strips a second,
+// so up to two leading BOMs vanish and a third is a JSON syntax error.
+func trimBOMs(body string) string {
+	return strings.TrimPrefix(strings.TrimPrefix(body, utf8BOM), utf8BOM)
+}
+
 // Parse reads a room.close body as Rocket.Chat would and validates it: the
 // content type is matched with a case-sensitive "contains"; a JSON body is
 // decoded as UTF-8 with replacement, a leading BOM dropped, and if it does
@@ -48,8 +55,10 @@ const utf8BOM = "\ufeff"
 // repeated keys wins); any other body becomes an object without 'rid'.
 func Parse(contentType, body string) (Params, *Error) {
 	switch {
+	case strings.Contains(contentType, "multipart/form-data"):
+		return Params{}, errRequiredRid // the router does not read multipart bodies: {}
 	case strings.Contains(contentType, "application/json"):
-		return parseJSON(strings.TrimPrefix(body, utf8BOM))
+		return parseJSON(trimBOMs(body))
 	case strings.Contains(contentType, "application/x-www-form-urlencoded"):
 		return Validate(decodeForm(string(wellFormedUTF8([]byte(body)))))
 	default:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/corpus"
@@ -14,7 +15,7 @@ import (
 // with encoding/json into generic values, then Validate. The one-pass scanner
 // in json.go must agree with it on every body.
 func referenceParseJSON(body string) (Params, *Error) {
-	data := wellFormedUTF8(bytes.TrimPrefix([]byte(body), []byte(utf8BOM)))
+	data := wellFormedUTF8([]byte(trimBOMs(body)))
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var v any
@@ -24,11 +25,19 @@ func referenceParseJSON(body string) (Params, *Error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return Validate(map[string]any{}) // trailing data: not JSON either
 	}
-	return Validate(v)
+	switch v.(type) {
+	case map[string]any, []any:
+		return Validate(v)
+	default: // the router spreads a scalar into an object without 'rid'
+		return Validate(map[string]any{})
+	}
 }
 
 func sameOutcome(t *testing.T, body string) {
 	t.Helper()
+	if tooDeepForReference(body) {
+		return
+	}
 	got, gotErr := Parse("application/json", body)
 	want, wantErr := referenceParseJSON(body)
 	if (gotErr == nil) != (wantErr == nil) || (gotErr != nil && gotErr.Message != wantErr.Message) {
@@ -61,4 +70,11 @@ func BenchmarkReference(b *testing.B) {
 			}
 		})
 	}
+}
+
+// tooDeepForReference reports a body that may nest past encoding/json's depth
+// limit (10,000), where JSON.parse and the scanner go on but the reference
+// gives up; such bodies are judged by the conformance suite alone.
+func tooDeepForReference(body string) bool {
+	return strings.Count(body, "[")+strings.Count(body, "{") > 10000
 }

@@ -393,6 +393,39 @@ func TestUnauthorized(t *testing.T) {
 	}
 }
 
+// TestRepeatedCredentialHeaders: Node joins a repeated header into "a, b",
+// which names no user or token, so Rocket.Chat answers 401; so do we, even
+// when one of the values is right.
+func TestRepeatedCredentialHeaders(t *testing.T) {
+	e := newEnv(t)
+	before := e.snapshot(t)
+	for _, c := range []struct {
+		name          string
+		users, tokens []string
+	}{
+		{"user id twice", []string{e.agent.ID, "someone-else"}, []string{e.agent.Token}},
+		{"the same user id twice", []string{e.agent.ID, e.agent.ID}, []string{e.agent.Token}},
+		{"token twice", []string{e.agent.ID}, []string{e.agent.Token, "nope"}},
+		{"the same token twice", []string{e.agent.ID}, []string{e.agent.Token, e.agent.Token}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, e.caddy.BaseURL+closePath, strings.NewReader(closeBody(e.roomID, e.visitor.Token)))
+			req.Header["Content-Type"] = []string{"application/json"}
+			req.Header["X-User-Id"] = c.users
+			req.Header["X-Auth-Token"] = c.tokens
+			resp, err := e.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			expect(t, response{resp.StatusCode, resp.Header, string(b)}, 401, body401)
+		})
+	}
+	e.expectUnchanged(t, before)
+	e.expectNothingUpstream(t)
+}
+
 func TestUnauthorizedCompat7AndLoginExpiration(t *testing.T) {
 	e := newEnv(t, "compat 7", "login_expiration 1h")
 	e.db.AddToken(t, e.agent.ID, "two-hours-old", auth.TokenTypeResume, time.Now().UTC().Add(-2*time.Hour))

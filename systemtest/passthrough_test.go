@@ -106,3 +106,44 @@ func TestPassThroughWebSocket(t *testing.T) {
 		}
 	}
 }
+
+// TestPathVariants: a path is room.close only where Rocket.Chat's router
+// would route it there. An encoded slash is not a separator to it, so
+// voip%2Froom.close is another path and goes upstream; an encoded
+// unreserved character decodes to the route in both.
+func TestPathVariants(t *testing.T) {
+	e := newEnv(t)
+	const handled = `{"success":false,"error":"must have required property 'rid' [invalid-params]","errorType":"invalid-params"}`
+	cases := []struct {
+		name, uri string
+		handled   bool
+	}{
+		{"exact", "/api/v1/voip/room.close", true},
+		{"query string", "/api/v1/voip/room.close?x=1", true},
+		{"encoded dot", "/api/v1/voip/room%2Eclose", true},
+		{"encoded letter", "/api/v1/voip/r%6Fom.close", true},
+		{"encoded slash", "/api/v1/voip%2Froom.close", false},
+		{"encoded slash, lower case", "/api/v1/voip%2froom.close", false},
+		{"trailing slash", "/api/v1/voip/room.close/", false},
+		{"double slash", "/api/v1/voip//room.close", false},
+		{"leading double slash", "//api/v1/voip/room.close", false},
+		{"dot segment", "/api/v1/voip/./room.close", false},
+		{"dot-dot segment", "/api/v1/x/../voip/room.close", false},
+		{"other case", "/api/v1/voip/Room.Close", false},
+		{"encoded dot-dot", "/api/v1/x/%2E%2E/voip/room.close", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := e.do(t, http.MethodPost, c.uri, map[string]string{
+				"X-User-Id": e.agent.ID, "X-Auth-Token": e.agent.Token, "Content-Type": "application/json"}, `{}`)
+			if c.handled {
+				expect(t, got, 400, handled)
+				return
+			}
+			want := "upstream POST " + c.uri + " body={}"
+			if got.status != 200 || got.body != want || got.header.Get("X-Upstream") != "yes" {
+				t.Fatalf("got %d %q, want %q from the upstream", got.status, got.body, want)
+			}
+		})
+	}
+}

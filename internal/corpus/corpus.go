@@ -17,6 +17,10 @@ type Case struct {
 
 const jsonCT = "application/json"
 
+// DeepNesting is the depth of the corpus body that nests arrays past what
+// encoding/json accepts.
+const DeepNesting = 20000
+
 // values are JSON literals of every type, for every field.
 var values = []string{
 	`"abc"`, `""`, `" spaced "`, `"héllo 😀"`, `"ROOM-1"`, `"with\"quote"`, `"nul\u0000byte"`, `"<tag>&amp"`,
@@ -69,7 +73,7 @@ func Cases() []Case {
 	for _, b := range []string{
 		`[]`, `[1,2]`, `"str"`, `1`, `true`, `null`, ``, ` `, `{`, `}`, `{"rid":"r",}`, `{'rid':'r'}`, `nul`,
 		`{"rid":"r","token":"t"} trailing`, `{"rid":"r","token":"t"}{}`, "\n\t{\"rid\":\"r\",\"token\":\"t\"}\n",
-		"\ufeff{\"rid\":\"r\",\"token\":\"t\"}", "\ufeff\ufeff{\"rid\":\"r\",\"token\":\"t\"}", `{"rid":"r","token":"t",}`,
+		"\ufeff{\"rid\":\"r\",\"token\":\"t\"}", "\ufeff\ufeff{\"rid\":\"r\",\"token\":\"t\"}", "\ufeff\ufeff\ufeff{\"rid\":\"r\",\"token\":\"t\"}", "\ufeff", `{"rid":"r","token":"t",}`,
 		`{"rid":01,"token":"t"}`, `{"rid":.5,"token":"t"}`, `{"rid":NaN,"token":"t"}`, `{"rid":"\x","token":"t"}`,
 		"{\"rid\":\"tab\there\",\"token\":\"t\"}", `{"rid":"r","token":"t"}` + strings.Repeat(" ", 100),
 	} {
@@ -80,9 +84,20 @@ func Cases() []Case {
 		add("bad-utf8", jsonCT, `{"rid":"r`+b+`","token":"t"}`)
 		add("bad-utf8-form", "application/x-www-form-urlencoded", "rid=r"+b+"&token=t")
 	}
+	// Every JSON type at the top level, under each way the router reads a body.
+	topLevel := append([]string{`{"rid":"r","token":"t"}`, `[{"rid":"r","token":"t"}]`, `"rid"`}, values...)
+	for _, ct := range []string{jsonCT, "text/plain", "", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"} {
+		for _, v := range topLevel {
+			add("top-level ct="+ct, ct, v)
+		}
+	}
+	// Nesting deeper than encoding/json's limit (10,000), inside options,
+	// where unknown keys are allowed: JSON.parse takes any depth.
+	add("deep", jsonCT, `{"rid":"r","token":"t","options":{"x":`+strings.Repeat("[", DeepNesting)+strings.Repeat("]", DeepNesting)+`}}`)
 	// Content types.
 	for _, ct := range []string{"application/json; charset=utf-8", "Application/JSON", "text/plain", "", "application/jsonx",
-		"text/plain; x=application/json", "application/vnd.api+json", "application/x-www-form-urlencoded"} {
+		"text/plain; x=application/json", "application/vnd.api+json", "application/x-www-form-urlencoded",
+		"multipart/form-data; boundary=x", "multipart/form-data; x=application/json", "application/json; x=multipart/form-data"} {
 		add("ct="+ct, ct, `{"rid":"r","token":"t"}`)
 		add("ct-empty="+ct, ct, ``)
 	}
