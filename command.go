@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
 
@@ -54,12 +55,12 @@ func openFromFlags(c *cobra.Command) (*sql.DB, string, error) {
 	if dsn == "" {
 		return nil, "", fmt.Errorf("no DSN: pass --dsn or set %s", dsnEnv)
 	}
-	cfg, err := NormalizeDSN(dsn)
+	cfg, err := dbconnect.ParseDSN(dsn)
 	if err != nil {
 		return nil, "", err
 	}
-	db, err := OpenDB(c.Context(), cfg)
-	return db, describeDSN(cfg), err
+	db, err := dbconnect.Open(c.Context(), cfg)
+	return db, cfg.String(), err
 }
 
 // withDatabase runs fn with the pool named by --dsn (or the environment),

@@ -35,6 +35,7 @@ const (
 	OutcomeTooLarge      = "too_large"
 	OutcomeBadBody       = "unreadable_body"
 	OutcomeUnavailable   = "unavailable"
+	OutcomeClientClosed  = "client_closed" // the client hung up before the answer; nginx's 499
 	OutcomeInternalError = "internal_error"
 )
 
@@ -116,7 +117,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		st.err = err
-		respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
+		h.respondDatabaseError(r, respond)
 		return
 	}
 	st.userID = user.ID
@@ -171,8 +172,23 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		respond(http.StatusBadRequest, OutcomeRoomClosed, bodyRoomClosed)
 	default:
 		st.err = err
-		respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
+		h.respondDatabaseError(r, respond)
 	}
+}
+
+// statusClientClosed is what the access log shows for a request whose client
+// hung up before it was answered, as nginx logs it.
+const statusClientClosed = 499
+
+// respondDatabaseError answers a request whose database work failed: 503,
+// unless the failure is only the client hanging up (its context was
+// cancelled), which says nothing about the database.
+func (h *Handler) respondDatabaseError(r *http.Request, respond func(int, string, []byte)) {
+	if errors.Is(r.Context().Err(), context.Canceled) {
+		respond(statusClientClosed, OutcomeClientClosed, nil)
+		return
+	}
+	respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
 }
 
 // finish sets the placeholders, counts the request and logs it: debug for
@@ -193,6 +209,8 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	switch {
 	case st.outcome == OutcomeUnavailable:
 		level, msg = zapcore.ErrorLevel, "room.close: database failure"
+	case st.outcome == OutcomeClientClosed:
+		level, msg = zapcore.InfoLevel, "room.close: the client closed the connection before the answer"
 	case st.err != nil:
 		level, msg = zapcore.WarnLevel, "room.close: request failed"
 	}

@@ -14,7 +14,7 @@ import (
 var outcomes = []string{
 	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
 	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeBadBody,
-	OutcomeUnavailable, OutcomeInternalError,
+	OutcomeUnavailable, OutcomeClientClosed, OutcomeInternalError,
 }
 
 // metrics are process-wide, like Caddy's own HTTP metrics, so counts carry

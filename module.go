@@ -8,7 +8,6 @@ package rocketchatvoip
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/ratelimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
@@ -152,17 +152,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	dsn := caddy.NewReplacer().ReplaceAll(h.DSN, "")
-	cfg, err := NormalizeDSN(dsn)
+	cfg, err := dbconnect.ParseDSN(dsn)
 	if err != nil {
 		return err
 	}
-	h.poolKey = cfg.FormatDSN()
+	h.poolKey = cfg.Key()
 	val, _, err := pools.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		db, err := OpenDB(ctx, cfg)
+		db, err := dbconnect.Open(ctx, cfg)
 		if err != nil {
 			return nil, err
 		}
-		return &dbPool{DB: db, name: describeDSN(cfg)}, nil
+		return &dbPool{DB: db, name: cfg.String()}, nil
 	})
 	if err != nil {
 		h.poolKey = ""
@@ -177,17 +177,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Migrate {
 		applied, err := schema.Migrate(setupCtx, h.pool.DB)
 		if err != nil {
-			return fmt.Errorf("migrating %s: %w", describeDSN(cfg), err)
+			return fmt.Errorf("migrating %s: %w", cfg, err)
 		}
 		if len(applied) > 0 {
 			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
 		}
 	} else if err := schema.Check(setupCtx, h.pool.DB); err != nil {
-		return fmt.Errorf("%s: %w", describeDSN(cfg), err)
+		return fmt.Errorf("%s: %w", cfg, err)
 	}
 
 	if err := h.pool.prepare(setupCtx); err != nil {
-		return fmt.Errorf("preparing statements on %s: %w", describeDSN(cfg), err)
+		return fmt.Errorf("preparing statements on %s: %w", cfg, err)
 	}
 	if !h.RateLimit.Off {
 		h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
@@ -232,51 +232,10 @@ func (h *Handler) Cleanup() error {
 	return nil
 }
 
-// NormalizeDSN parses dsn and sets what the gateway relies on: times parsed
-// as UTC, and server-side prepared statements (no client interpolation, no
-// multi-statements).
-func NormalizeDSN(dsn string) (*mysql.Config, error) {
-	cfg, err := mysql.ParseDSN(dsn)
-	if err != nil {
-		// The parser's messages do not echo the DSN, so no password leaks.
-		return nil, fmt.Errorf("rocketchat_voip: invalid dsn: %v", err)
-	}
-	cfg.ParseTime = true
-	cfg.Loc = time.UTC
-	cfg.InterpolateParams = false
-	cfg.MultiStatements = false
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Second // dialing; request work is bounded by db_timeout
-	}
-	return cfg, nil
-}
-
-// OpenDB opens a pool for cfg and checks that the server answers.
-func OpenDB(ctx context.Context, cfg *mysql.Config) (*sql.DB, error) {
-	connector, err := mysql.NewConnector(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("rocketchat_voip: %v", err)
-	}
-	db := sql.OpenDB(connector)
-	db.SetConnMaxIdleTime(5 * time.Minute)
-	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := db.PingContext(pingCtx); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("rocketchat_voip: cannot connect to MySQL at %s: %v", describeDSN(cfg), err)
-	}
-	return db, nil
-}
-
 // driverLogger adapts go-sql-driver/mysql's logger to zap.
 type driverLogger struct{ l *zap.Logger }
 
 func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v...))) }
-
-// describeDSN names the server and database without the credentials.
-func describeDSN(cfg *mysql.Config) string {
-	return fmt.Sprintf("%s(%s)/%s", cfg.Net, cfg.Addr, cfg.DBName)
-}
 
 // Interface guards
 var (

@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"math"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 )
 
 // The outcomes that are not a success, in the contract's order.
@@ -203,8 +206,27 @@ func (s *Store) callMetrics(ctx context.Context, callUniqueID sql.NullString, no
 }
 
 // CloseRoom closes the room, or returns ErrInvalidToken, ErrInvalidRoom,
-// ErrRoomClosed, or a database error (in which case nothing was written).
+// ErrRoomClosed, or a database error. After a database error nothing was
+// written, unless it wraps dbconnect.ErrCommitOutcomeUnknown: then the
+// COMMIT was sent and may have landed.
 func (s *Store) CloseRoom(ctx context.Context, req CloseRequest) (Result, error) {
+	res, err := s.closeOnce(ctx, req)
+	if err != nil && connectionBroke(err) && ctx.Err() == nil {
+		// The server went away before COMMIT was sent, so nothing was
+		// written: once more, on a new connection (to another server when
+		// the DSN names several).
+		res, err = s.closeOnce(ctx, req)
+	}
+	return res, err
+}
+
+// connectionBroke reports a connection lost before COMMIT was sent.
+func connectionBroke(err error) bool {
+	return (errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn)) &&
+		!errors.Is(err, dbconnect.ErrCommitOutcomeUnknown)
+}
+
+func (s *Store) closeOnce(ctx context.Context, req CloseRequest) (Result, error) {
 	r, err := s.find(ctx, req.Rid, req.VisitorToken)
 	if err != nil {
 		return Result{}, err

@@ -2,9 +2,12 @@ package systemtest
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
 
 const body503 = `{"success":false,"error":"service-unavailable"}`
@@ -90,4 +93,61 @@ func TestRowLockedPastTimeout(t *testing.T) {
 		t.Fatalf("half-written close: %+v", after)
 	}
 	expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), 200, `{"rid":"ROOM1","success":true}`)
+}
+
+// TestStallAtTransactionEdges: a server that stalls at BEGIN or at COMMIT
+// (as Galera does while it evicts a dead node) still gets every request
+// answered within db_timeout, with 503; the connection is dropped, not
+// reused; and a retry afterwards sees what really happened.
+func TestStallAtTransactionEdges(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	const slack = 400 * time.Millisecond // generous for a loaded CI machine; the README reports what is measured
+	cases := []struct {
+		name      string
+		statement string
+		deliver   bool // the statement reaches the server before the stall
+		thaw      func(*testdb.Proxy)
+		retry     int
+		retryBody string
+	}{
+		// COMMIT never reaches the server and the connection dies: the close
+		// did not happen, and a retry closes the room.
+		{"COMMIT held, then the link drops", "COMMIT", false, func(p *testdb.Proxy) { p.Down(); p.Up() }, 200, `{"rid":"ROOM1","success":true}`},
+		// COMMIT reaches the server, its answer is lost: the close landed
+		// although the client got 503; a retry answers room-closed.
+		{"COMMIT applied, answer lost", "COMMIT", true, func(p *testdb.Proxy) { p.Up() }, 400, `{"success":false,"error":"room-closed"}`},
+		{"BEGIN held", "START TRANSACTION", false, func(p *testdb.Proxy) { p.Down(); p.Up() }, 200, `{"rid":"ROOM1","success":true}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e, proxy := newProxiedEnv(t, fmt.Sprintf("db_timeout %s", timeout))
+			proxy.FreezeAt(c.statement, c.deliver)
+			start := time.Now()
+			got := e.post(t, closeBody(e.roomID, e.visitor.Token))
+			took := time.Since(start)
+			expect(t, got, 503, body503)
+			t.Logf("answered in %v (db_timeout %v)", took, timeout)
+			if took > timeout+slack {
+				t.Fatalf("answered after %v, want within db_timeout %v", took, timeout)
+			}
+			c.thaw(proxy)
+			if c.deliver {
+				// The held COMMIT was applied; wait until it is visible.
+				deadline := time.Now().Add(5 * time.Second)
+				for e.room(t, e.roomID).open && time.Now().Before(deadline) {
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+			expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), c.retry, c.retryBody)
+			if e.room(t, e.roomID).open {
+				t.Fatal("the room is still open")
+			}
+			if n := e.db.Count(t, "messages"); n != 1 {
+				t.Fatalf("%d messages, want exactly 1", n)
+			}
+			if n := e.db.Count(t, "room_events"); n != 1 {
+				t.Fatalf("%d outbox rows, want exactly 1", n)
+			}
+		})
+	}
 }

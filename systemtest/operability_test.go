@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 )
@@ -162,4 +164,64 @@ func readJSONLines(t *testing.T, path string) []map[string]any {
 		}
 	}
 	return out
+}
+
+// TestClientHangUpIsNotADatabaseFailure: a client that gives up while the
+// database is slow is counted as client_closed and logged at info, never as
+// unavailable at error level, which would page someone about a healthy
+// database.
+func TestClientHangUpIsNotADatabaseFailure(t *testing.T) {
+	dir := t.TempDir()
+	moduleLog := filepath.Join(dir, "caddy.log")
+	globals := fmt.Sprintf("\tlog {\n\t\toutput file %s\n\t\tformat json\n\t\tlevel DEBUG\n\t}\n", moduleLog)
+	e, proxy := startEnv(t, envOptions{extra: []string{"db_timeout 5s"}, proxied: true, globals: globals, site: withMetricsRoute})
+	before := scrape(t, e)
+	proxy.Freeze()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.caddy.BaseURL+closePath, strings.NewReader(closeBody(e.roomID, e.visitor.Token)))
+	req.Header.Set("X-User-Id", e.agent.ID)
+	req.Header.Set("X-Auth-Token", e.agent.Token)
+	req.Header.Set("Content-Type", "application/json")
+	if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp.Body.Close()
+		t.Fatalf("got an answer (%d) while the database is frozen", resp.StatusCode)
+	}
+	proxy.Up()
+	key := func(o string) string { return fmt.Sprintf(`caddy_rocketchat_voip_requests_total{outcome="%s"}`, o) }
+	var after map[string]float64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if after = scrape(t, e); after[key("client_closed")]-before[key("client_closed")] == 1 {
+			break
+		}
+	}
+	if got := after[key("client_closed")] - before[key("client_closed")]; got != 1 {
+		t.Fatalf("client_closed grew by %v, want 1", got)
+	}
+	if got := after[key("unavailable")] - before[key("unavailable")]; got != 0 {
+		t.Fatalf("unavailable grew by %v, want 0", got)
+	}
+	logs, err := os.ReadFile(moduleLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(string(logs), "\n") {
+		var entry struct{ Level, Msg, Outcome string }
+		if json.Unmarshal([]byte(line), &entry) != nil || entry.Outcome == "" {
+			continue
+		}
+		if entry.Level == "error" {
+			t.Errorf("error line for a client that hung up: %s", line)
+		}
+		if entry.Outcome == "client_closed" && entry.Level == "info" {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("no info line with outcome client_closed in:\n%s", logs)
+	}
+	if !e.room(t, e.roomID).open {
+		t.Fatal("the room was closed")
+	}
 }

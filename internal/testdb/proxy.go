@@ -1,6 +1,7 @@
 package testdb
 
 import (
+	"bytes"
 	"net"
 	"sync"
 	"testing"
@@ -17,6 +18,10 @@ type Proxy struct {
 	state  proxyState
 	conns  map[net.Conn]struct{}
 	frozen chan struct{} // closed when the proxy thaws
+	// freezeOn, when set, freezes the proxy as a client sends this COM_QUERY
+	// packet; deliverTrigger says whether the packet itself gets through.
+	freezeOn       []byte
+	deliverTrigger bool
 }
 
 type proxyState int
@@ -80,12 +85,12 @@ func (p *Proxy) forward(c net.Conn) {
 		return
 	}
 	p.track(s)
-	go p.pipe(s, c)
-	p.pipe(c, s)
+	go p.pipe(s, c, true)
+	p.pipe(c, s, false)
 }
 
 // pipe copies src to dst, holding data back while the proxy is frozen.
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, toServer bool) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
@@ -93,8 +98,20 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
+			deliverFirst := false
+			if toServer && p.freezeOn != nil && bytes.Contains(buf[:n], p.freezeOn) {
+				p.freezeOn = nil
+				p.setLocked(proxyFrozen)
+				deliverFirst = p.deliverTrigger
+			}
 			frozen, isFrozen := p.frozen, p.state == proxyFrozen
 			p.mu.Unlock()
+			if deliverFirst {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+				n = 0
+			}
 			if isFrozen {
 				<-frozen
 			}
@@ -112,11 +129,13 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 func (p *Proxy) Down() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.setLocked(proxyDown)
+	// Connections first: a frozen pipe that wakes must find them closed
+	// rather than deliver what it held.
 	for c := range p.conns {
 		c.Close()
 	}
 	clear(p.conns)
+	p.setLocked(proxyDown)
 }
 
 // Freeze keeps connections open but passes no bytes: a database that hangs.
@@ -124,6 +143,17 @@ func (p *Proxy) Freeze() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.setLocked(proxyFrozen)
+}
+
+// FreezeAt freezes the proxy when a client next sends the statement query
+// as a text-protocol COM_QUERY (such as COMMIT): with deliver false the
+// statement is held back with everything else, with deliver true it reaches
+// the server and only what follows (its answer) is held.
+func (p *Proxy) FreezeAt(query string, deliver bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.freezeOn = append([]byte{0x03}, query...) // COM_QUERY
+	p.deliverTrigger = deliver
 }
 
 // Up forwards again.

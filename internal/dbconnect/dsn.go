@@ -1,0 +1,114 @@
+// Package dbconnect opens the module's MySQL pools: from a DSN that may name
+// several servers (tried in order, a failing one skipped for a while), with
+// transactions whose COMMIT and ROLLBACK obey the deadline of the context
+// the transaction began with, which database/sql alone does not give.
+package dbconnect
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+)
+
+// Config is a parsed DSN: the driver settings, and the servers to try in
+// order of preference.
+type Config struct {
+	*mysql.Config
+	// Servers are the host:port addresses of a tcp DSN, in the order given;
+	// one entry for a single server or a unix socket.
+	Servers []string
+}
+
+// ParseDSN parses a go-sql-driver/mysql DSN whose tcp address may list
+// several servers, "user:pw@tcp(db1:3306,db2:3306)/rocketchat", and sets
+// what the module relies on: times parsed as UTC, server-side prepared
+// statements (no client interpolation, no multi-statements), and a dial
+// timeout.
+func ParseDSN(dsn string) (*Config, error) {
+	servers, single, err := splitServers(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := mysql.ParseDSN(single)
+	if err != nil {
+		// The parser's messages do not echo the DSN, so no password leaks.
+		return nil, fmt.Errorf("invalid dsn: %v", err)
+	}
+	cfg.ParseTime = true
+	cfg.Loc = time.UTC
+	cfg.InterpolateParams = false
+	cfg.MultiStatements = false
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 5 * time.Second // dialing; request work is bounded by its context
+	}
+	if len(servers) == 0 {
+		servers = []string{cfg.Addr}
+	}
+	for i, s := range servers {
+		if c, err := mysql.ParseDSN("tcp(" + s + ")/"); err == nil {
+			servers[i] = c.Addr // with the default port added
+		}
+	}
+	return &Config{Config: cfg, Servers: servers}, nil
+}
+
+// splitServers cuts the server list out of a tcp DSN and returns it with the
+// DSN rewritten to name the first server only. It finds the address the way
+// the driver does: the last '/' ends it, the last '@' before that starts it.
+func splitServers(dsn string) ([]string, string, error) {
+	slash := strings.LastIndexByte(dsn, '/')
+	if slash < 0 {
+		return nil, dsn, nil
+	}
+	head := dsn[:slash]
+	at := strings.LastIndexByte(head, '@')
+	netAddr := head[at+1:]
+	addrs, ok := strings.CutPrefix(netAddr, "tcp(")
+	if !ok || !strings.HasSuffix(addrs, ")") || !strings.Contains(addrs, ",") {
+		return nil, dsn, nil
+	}
+	var servers []string
+	for _, s := range strings.Split(strings.TrimSuffix(addrs, ")"), ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			return nil, "", errors.New("invalid dsn: empty server in the address list")
+		}
+		servers = append(servers, s)
+	}
+	return servers, dsn[:at+1] + "tcp(" + servers[0] + ")" + dsn[slash:], nil
+}
+
+// String names the servers and database without the credentials.
+func (c *Config) String() string {
+	return fmt.Sprintf("%s(%s)/%s", c.Net, strings.Join(c.Servers, ","), c.DBName)
+}
+
+// Key identifies the pool for this config: the same DSN, the same pool.
+func (c *Config) Key() string {
+	dsn := c.FormatDSN()
+	if len(c.Servers) > 1 {
+		dsn += "#" + strings.Join(c.Servers, ",")
+	}
+	return dsn
+}
+
+// Open opens a pool for cfg and checks that a server answers.
+func Open(ctx context.Context, cfg *Config) (*sql.DB, error) {
+	connector, err := NewConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(connector)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pingCtx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("cannot connect to MySQL at %s: %v", cfg, err)
+	}
+	return db, nil
+}
