@@ -507,7 +507,7 @@ func TestValidation(t *testing.T) {
 		{"application/json", `"str"`, "must have required property 'rid'"},
 		{"application/json", `42`, "must have required property 'rid'"},
 		{"application/json", `null`, "must have required property 'rid'"},
-		{"application/json", `true`, "must have required property 'rid'"}, // spread by the router: {}
+		{"application/json", `true`, "must have required property 'rid'"},  // spread by the router: {}
 		{"application/json", `"rid"`, "must have required property 'rid'"}, // {"0":"r","1":"i","2":"d"}
 		{"multipart/form-data; x=application/json", `{"rid":"x","token":"y"}`, "must have required property 'rid'"},
 		{"application/json", `{`, "must have required property 'rid'"},
