@@ -104,12 +104,19 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.pool.release()
+	stores := h.pool.stores.Load()
+	if stores == nil {
+		// The schema gate has not prepared this pool yet (the config is
+		// still starting).
+		respond(http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout))
 	defer cancel()
 
 	// 1. authentication (the same query also reads the permissions)
 	dbStart := time.Now()
-	user, err := h.pool.auth.Authenticate(ctx, singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token"), time.Duration(h.LoginExpiration))
+	user, err := stores.auth.Authenticate(ctx, singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token"), time.Duration(h.LoginExpiration))
 	st.dbTime += time.Since(dbStart)
 	if errors.Is(err, auth.ErrUnauthorized) {
 		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
@@ -159,7 +166,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		Comment:      p.Comment,
 	}
 	dbStart = time.Now()
-	_, err = h.pool.rooms.CloseRoom(ctx, req)
+	_, err = stores.rooms.CloseRoom(ctx, req)
 	st.dbTime += time.Since(dbStart)
 	switch {
 	case err == nil:

@@ -182,13 +182,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if len(applied) > 0 {
 			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
 		}
-	} else if err := schema.Check(setupCtx, h.pool.DB); err != nil {
+	} else if err := schema.Check(setupCtx, h.pool.DB); errors.Is(err, schema.ErrOutdated) {
+		// Another site of this config may migrate this database after us:
+		// the schema gate decides once all of them are provisioned.
+		gate, err := ctx.App(schemaGateID)
+		if err != nil {
+			return err
+		}
+		gate.(*schemaGate).checkLater(h.pool)
+		return h.provisionRest()
+	} else if err != nil {
 		return fmt.Errorf("%s: %w", cfg, err)
 	}
 
 	if err := h.pool.prepare(setupCtx); err != nil {
 		return fmt.Errorf("preparing statements on %s: %w", cfg, err)
 	}
+	return h.provisionRest()
+}
+
+// provisionRest sets up what needs no database.
+func (h *Handler) provisionRest() error {
 	if !h.RateLimit.Off {
 		h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
 	}

@@ -61,7 +61,6 @@ func TestProvisionErrors(t *testing.T) {
 		{&Handler{}, "dsn is required"},
 		{&Handler{DSN: "not a dsn"}, "invalid dsn"},
 		{&Handler{DSN: "root:sekret@tcp(127.0.0.1:1)/x"}, "cannot connect to MySQL at tcp(127.0.0.1:1)/x"},
-		{&Handler{DSN: db.DSN}, "database schema is at version 0, this gateway needs 1"},
 		{&Handler{DSN: db.DSN, Compat: 5}, "compat must be 6 or 7"},
 	}
 	for _, c := range cases {
@@ -74,6 +73,8 @@ func TestProvisionErrors(t *testing.T) {
 			t.Errorf("error leaks the password: %v", err)
 		}
 	}
+	// An outdated schema without migrate is the schema gate's to refuse, once
+	// the whole config is provisioned (systemtest/migrate_test.go).
 	// With migrate, the same database is brought up to date.
 	h := &Handler{DSN: db.DSN, Migrate: true}
 	if err := provision(t, h); err != nil {

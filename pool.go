@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -25,11 +26,18 @@ type dbPool struct {
 	*sql.DB
 	name string // server and database, for metrics and messages; no credentials
 
+	// stores holds the prepared statements, nil until the schema is in place.
+	stores atomic.Pointer[stores]
+
 	mu      sync.Mutex
-	auth    *auth.Store
-	rooms   *roomstore.Store
 	active  int  // requests in flight
 	closing bool // the last config using the pool is gone
+}
+
+// stores are the statements prepared on a pool.
+type stores struct {
+	auth  *auth.Store
+	rooms *roomstore.Store
 }
 
 // prepare prepares the statements once the schema is in place; later
@@ -37,20 +45,19 @@ type dbPool struct {
 func (p *dbPool) prepare(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.auth == nil {
-		a, err := auth.NewStore(ctx, p.DB)
-		if err != nil {
-			return err
-		}
-		p.auth = a
+	if p.stores.Load() != nil {
+		return nil
 	}
-	if p.rooms == nil {
-		r, err := roomstore.New(ctx, p.DB)
-		if err != nil {
-			return err
-		}
-		p.rooms = r
+	a, err := auth.NewStore(ctx, p.DB)
+	if err != nil {
+		return err
 	}
+	r, err := roomstore.New(ctx, p.DB)
+	if err != nil {
+		a.Close()
+		return err
+	}
+	p.stores.Store(&stores{auth: a, rooms: r})
 	return nil
 }
 
@@ -86,13 +93,9 @@ func (p *dbPool) Destruct() error {
 }
 
 func (p *dbPool) closeLocked() {
-	if p.auth != nil {
-		p.auth.Close()
-		p.auth = nil
-	}
-	if p.rooms != nil {
-		p.rooms.Close()
-		p.rooms = nil
+	if st := p.stores.Swap(nil); st != nil {
+		st.auth.Close()
+		st.rooms.Close()
 	}
 	p.DB.Close()
 }

@@ -29,8 +29,15 @@ var migrationFiles embed.FS
 // VersionTable records the migrations applied to a database.
 const VersionTable = "rocketchat_voip_schema_migrations"
 
-// lockName serialises migrations of gateways that start at the same time.
+// lockName serialises migrations of gateways that start at the same time on
+// one server. It is only an economy: GET_LOCK is local to one node of a
+// Galera cluster or a Group Replication group, so correctness rests on every
+// statement being idempotent, not on the lock.
 const lockName = "rocketchat_voip_migrate"
+
+// ErrOutdated is returned by Check when the database's schema is older than
+// this build needs.
+var ErrOutdated = errors.New("database schema is outdated")
 
 // Migration is one embedded migration file.
 type Migration struct {
@@ -122,16 +129,26 @@ func Check(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("reading schema version: %w", err)
 	}
 	if want := Latest(); have < want {
-		return fmt.Errorf("database schema is at version %d, this gateway needs %d: "+
-			"run 'caddy rocketchat-voip migrate --dsn ...' or add 'migrate' to the rocketchat_voip block", have, want)
+		return fmt.Errorf("%w: database schema is at version %d, this gateway needs %d: "+
+			"run 'caddy rocketchat-voip migrate --dsn ...' or add 'migrate' to the rocketchat_voip block", ErrOutdated, have, want)
 	}
 	return nil
 }
 
 // Migrate applies every embedded migration newer than the database's version
-// and returns the versions it applied. Concurrent callers (several gateways
-// starting together) wait for each other through a named lock.
+// and returns the versions it applied. Any number of callers may run it at
+// once, against one server or any nodes of a cluster: every statement is
+// idempotent (CREATE … IF NOT EXISTS, INSERT IGNORE), a statement that loses
+// a deadlock or a cluster certification conflict is run again, and a
+// version recorded by another caller is not an error. Callers on one server
+// also wait for each other through a named lock, so only one does the work.
 func Migrate(ctx context.Context, db *sql.DB) ([]int, error) {
+	return migrate(ctx, db, true)
+}
+
+// migrate is Migrate; without lock, as on one node of a cluster whose other
+// nodes' locks it cannot see.
+func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 	ms, err := Migrations()
 	if err != nil {
 		return nil, err
@@ -142,16 +159,18 @@ func Migrate(ctx context.Context, db *sql.DB) ([]int, error) {
 		return nil, err
 	}
 	defer conn.Close()
-	var got sql.NullInt64
-	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", lockName).Scan(&got); err != nil {
-		return nil, fmt.Errorf("taking the migration lock: %w", err)
+	if lock {
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", lockName).Scan(&got); err != nil {
+			return nil, fmt.Errorf("taking the migration lock: %w", err)
+		}
+		if got.Int64 != 1 {
+			return nil, errors.New("another process held the migration lock for 60s")
+		}
+		defer conn.ExecContext(context.Background(), "SELECT RELEASE_LOCK(?)", lockName) //nolint:errcheck
 	}
-	if got.Int64 != 1 {
-		return nil, errors.New("another process held the migration lock for 60s")
-	}
-	defer conn.ExecContext(context.Background(), "SELECT RELEASE_LOCK(?)", lockName) //nolint:errcheck
 
-	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS "+VersionTable+` (
+	if err := execIdempotent(ctx, conn, "CREATE TABLE IF NOT EXISTS "+VersionTable+` (
   version    INT          NOT NULL,
   name       VARCHAR(255) NOT NULL,
   applied_at DATETIME(3)  NOT NULL,
@@ -169,15 +188,34 @@ func Migrate(ctx context.Context, db *sql.DB) ([]int, error) {
 			continue
 		}
 		for i, stmt := range m.Statements {
-			if _, err := conn.ExecContext(ctx, stmt); err != nil {
+			if err := execIdempotent(ctx, conn, stmt); err != nil {
 				return applied, fmt.Errorf("migration %s, statement %d: %w", m.Name, i+1, err)
 			}
 		}
-		if _, err := conn.ExecContext(ctx, "INSERT INTO "+VersionTable+" (version, name, applied_at) VALUES (?, ?, ?)",
+		// Another node may have recorded it first; that is the same outcome.
+		if err := execIdempotent(ctx, conn, "INSERT IGNORE INTO "+VersionTable+" (version, name, applied_at) VALUES (?, ?, ?)",
 			m.Version, m.Name, time.Now().UTC()); err != nil {
 			return applied, fmt.Errorf("recording migration %s: %w", m.Name, err)
 		}
 		applied = append(applied, m.Version)
 	}
 	return applied, nil
+}
+
+// execIdempotent runs an idempotent statement, again when it loses a
+// deadlock, a lock wait, or (on Galera) a certification conflict with the
+// same statement run on another node, all of which roll it back whole.
+func execIdempotent(ctx context.Context, conn *sql.Conn, stmt string, args ...any) error {
+	for attempt := 1; ; attempt++ {
+		_, err := conn.ExecContext(ctx, stmt, args...)
+		var me *mysql.MySQLError
+		if err == nil || attempt == 10 || !errors.As(err, &me) || (me.Number != 1213 && me.Number != 1205) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt*20) * time.Millisecond):
+		}
+	}
 }

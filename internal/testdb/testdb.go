@@ -66,6 +66,22 @@ func New(t testing.TB) *DB {
 // NewOn is New on the server that cfg names.
 func NewOn(t testing.TB, cfg *mysql.Config) *DB {
 	t.Helper()
+	d := NewEmpty(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := schema.Migrate(ctx, d.DB); err != nil {
+		t.Fatalf("migrating %s: %v", d.Name, err)
+	}
+	return d
+}
+
+// NewEmpty creates a database on the server that cfg names (the configured
+// one when cfg is nil) and leaves it empty: never migrated.
+func NewEmpty(t testing.TB, cfg *mysql.Config) *DB {
+	t.Helper()
+	if cfg == nil {
+		cfg = ServerConfig(t)
+	}
 	cfg = cfg.Clone()
 	cfg.DBName = ""
 	admin, err := sql.Open("mysql", cfg.FormatDSN())
@@ -97,9 +113,6 @@ func NewOn(t testing.TB, cfg *mysql.Config) *DB {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
-	if _, err := schema.Migrate(ctx, db); err != nil {
-		t.Fatalf("migrating %s: %v", name, err)
-	}
 	return &DB{DB: db, DSN: dbCfg.FormatDSN(), Name: name, Cfg: dbCfg}
 }
 

@@ -1,0 +1,12 @@
+package schema
+
+import (
+	"context"
+	"database/sql"
+)
+
+// MigrateWithoutLock is Migrate without the named lock, as on one node of a
+// cluster whose other nodes' locks it cannot see.
+func MigrateWithoutLock(ctx context.Context, db *sql.DB) ([]int, error) {
+	return migrate(ctx, db, false)
+}

@@ -1,0 +1,93 @@
+package schema_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
+	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+)
+
+func TestCheckAndMigrate(t *testing.T) {
+	db := testdb.NewEmpty(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := schema.Check(ctx, db.DB); !errors.Is(err, schema.ErrOutdated) {
+		t.Fatalf("Check on an empty database: %v, want ErrOutdated", err)
+	}
+	applied, err := schema.Migrate(ctx, db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(applied) != schema.Latest() {
+		t.Fatalf("applied %v, want every migration up to %d", applied, schema.Latest())
+	}
+	if err := schema.Check(ctx, db.DB); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := schema.Migrate(ctx, db.DB); err != nil || len(again) != 0 {
+		t.Fatalf("second Migrate: applied %v, err %v; want nothing", again, err)
+	}
+}
+
+// Every migration is safe to run twice: forget that they ran and run them
+// again over the tables and rows they made.
+func TestMigrationsRunTwice(t *testing.T) {
+	db := testdb.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	perms := db.Count(t, "permission_roles")
+	db.Exec(t, "DELETE FROM "+schema.VersionTable)
+	applied, err := schema.Migrate(ctx, db.DB)
+	if err != nil {
+		t.Fatalf("running the migrations again: %v", err)
+	}
+	if len(applied) != schema.Latest() {
+		t.Fatalf("applied %v", applied)
+	}
+	if n := db.Count(t, "permission_roles"); n != perms {
+		t.Fatalf("permission rows %d after a second run, want %d", n, perms)
+	}
+	if n := db.Count(t, schema.VersionTable); n != schema.Latest() {
+		t.Fatalf("%d version rows, want %d", n, schema.Latest())
+	}
+}
+
+// Many migrators at once on a fresh database (gateways and commands started
+// together) all succeed and leave one schema; without the lock too, as on
+// separate nodes of a Galera cluster, where GET_LOCK is per node.
+func TestConcurrentMigrators(t *testing.T) {
+	t.Run("with the lock", func(t *testing.T) { concurrentMigrators(t, schema.Migrate) })
+	t.Run("without the lock", func(t *testing.T) { concurrentMigrators(t, schema.MigrateWithoutLock) })
+}
+
+func concurrentMigrators(t *testing.T, migrate func(context.Context, *sql.DB) ([]int, error)) {
+	db := testdb.NewEmpty(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := migrate(ctx, db.DB)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if err := schema.Check(ctx, db.DB); err != nil {
+		t.Fatal(err)
+	}
+	if n := db.Count(t, schema.VersionTable); n != schema.Latest() {
+		t.Fatalf("%d version rows, want %d", n, schema.Latest())
+	}
+}

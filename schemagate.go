@@ -1,0 +1,69 @@
+package rocketchatvoip
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+)
+
+func init() {
+	caddy.RegisterModule(new(schemaGate))
+}
+
+// schemaGateID names the app; handlers load it themselves, so it needs no
+// configuration and has none.
+const schemaGateID = "rocketchat_voip_schema"
+
+// schemaGate checks, once every handler of a config is provisioned, the
+// schema of the databases whose handlers found it outdated. Caddy provisions
+// a config's sites in no fixed order, so a handler without migrate may look
+// at a database before the handler of another site that migrates it; the
+// check waits for the app's Start, which Caddy runs after all provisioning.
+type schemaGate struct {
+	mu      sync.Mutex
+	pending []*dbPool
+}
+
+// CaddyModule returns the Caddy module information.
+func (*schemaGate) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  schemaGateID,
+		New: func() caddy.Module { return new(schemaGate) },
+	}
+}
+
+// checkLater queues the schema check and statement preparation of pool.
+func (g *schemaGate) checkLater(pool *dbPool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.pending = append(g.pending, pool)
+}
+
+// Start fails the config load if a database is still outdated, with the
+// message Provision would have given, and otherwise prepares the statements.
+func (g *schemaGate) Start() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, pool := range g.pending {
+		if err := schema.Check(ctx, pool.DB); err != nil {
+			return fmt.Errorf("%s: %w", pool.name, err)
+		}
+		if err := pool.prepare(ctx); err != nil {
+			return fmt.Errorf("preparing statements on %s: %w", pool.name, err)
+		}
+	}
+	g.pending = nil
+	return nil
+}
+
+// Stop implements caddy.App.
+func (g *schemaGate) Stop() error { return nil }
+
+var _ caddy.App = (*schemaGate)(nil)
