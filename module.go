@@ -182,7 +182,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if len(applied) > 0 {
 			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
 		}
-	} else if err := schema.Check(setupCtx, h.pool.DB); errors.Is(err, schema.ErrOutdated) {
+	} else if err := schema.Check(setupCtx, h.pool.DB); errors.As(err, new(*schema.OutdatedError)) {
 		// Another site of this config may migrate this database after us:
 		// the schema gate decides once all of them are provisioned.
 		gate, err := ctx.App(schemaGateID)

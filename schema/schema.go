@@ -35,9 +35,14 @@ const VersionTable = "rocketchat_voip_schema_migrations"
 // statement being idempotent, not on the lock.
 const lockName = "rocketchat_voip_migrate"
 
-// ErrOutdated is returned by Check when the database's schema is older than
-// this build needs.
-var ErrOutdated = errors.New("database schema is outdated")
+// OutdatedError is Check's error for a database whose schema is older than
+// this build needs; its message says what to do.
+type OutdatedError struct{ Have, Want int }
+
+func (e *OutdatedError) Error() string {
+	return fmt.Sprintf("database schema is at version %d, this gateway needs %d: "+
+		"run 'caddy rocketchat-voip migrate --dsn ...' or add 'migrate' to the rocketchat_voip block", e.Have, e.Want)
+}
 
 // Migration is one embedded migration file.
 type Migration struct {
@@ -129,8 +134,7 @@ func Check(ctx context.Context, db *sql.DB) error {
 		return fmt.Errorf("reading schema version: %w", err)
 	}
 	if want := Latest(); have < want {
-		return fmt.Errorf("%w: database schema is at version %d, this gateway needs %d: "+
-			"run 'caddy rocketchat-voip migrate --dsn ...' or add 'migrate' to the rocketchat_voip block", ErrOutdated, have, want)
+		return &OutdatedError{Have: have, Want: want}
 	}
 	return nil
 }

@@ -16,8 +16,9 @@ func TestCheckAndMigrate(t *testing.T) {
 	db := testdb.NewEmpty(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := schema.Check(ctx, db.DB); !errors.Is(err, schema.ErrOutdated) {
-		t.Fatalf("Check on an empty database: %v, want ErrOutdated", err)
+	var outdated *schema.OutdatedError
+	if err := schema.Check(ctx, db.DB); !errors.As(err, &outdated) || outdated.Have != 0 || outdated.Want != schema.Latest() {
+		t.Fatalf("Check on an empty database: %v, want an OutdatedError from 0", err)
 	}
 	applied, err := schema.Migrate(ctx, db.DB)
 	if err != nil {
