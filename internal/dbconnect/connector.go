@@ -101,19 +101,33 @@ func (s *server) connect(ctx context.Context, fallback bool) (driver.Conn, error
 		inner.Close()
 		return nil, err
 	}
-	rows, err := c.inner.QueryContext(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_ready'", nil)
-	if err == nil {
-		vals := make([]driver.Value, len(rows.Columns()))
-		if rows.Next(vals) == nil && fmt.Sprintf("%s", vals[1]) != "ON" {
-			err = errors.New("server is not ready (wsrep_ready is not ON)")
+	galera, err := c.showValue(ctx, "SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+	if err == nil && galera == "ON" {
+		var ready string
+		if ready, err = c.showValue(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_ready'"); err == nil && ready != "ON" {
+			err = errors.New("Galera node is not ready (wsrep_ready is not ON)")
 		}
-		rows.Close()
 	}
 	if err != nil {
 		inner.Close()
 		return nil, err
 	}
 	return c, nil
+}
+
+// showValue returns the value of the one row of a SHOW … LIKE statement, or
+// "" when there is none (MySQL has no wsrep variables).
+func (c *conn) showValue(ctx context.Context, show string) (string, error) {
+	rows, err := c.inner.QueryContext(ctx, show, nil)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	vals := make([]driver.Value, len(rows.Columns()))
+	if err := rows.Next(vals); err != nil || len(vals) < 2 {
+		return "", nil
+	}
+	return fmt.Sprintf("%s", vals[1]), nil
 }
 
 // mysqlConn is what go-sql-driver/mysql's connection implements and

@@ -49,9 +49,11 @@ func ParseDSN(dsn string) (*Config, error) {
 	if len(servers) == 0 {
 		servers = []string{cfg.Addr}
 	}
-	for i, s := range servers {
-		if c, err := mysql.ParseDSN("tcp(" + s + ")/"); err == nil {
-			servers[i] = c.Addr // with the default port added
+	if cfg.Net == "tcp" {
+		for i, s := range servers {
+			if c, err := mysql.ParseDSN("tcp(" + s + ")/"); err == nil {
+				servers[i] = c.Addr // with the default port added
+			}
 		}
 	}
 	return &Config{Config: cfg, Servers: servers}, nil

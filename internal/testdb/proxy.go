@@ -78,6 +78,13 @@ func (p *Proxy) track(c net.Conn) {
 	p.mu.Unlock()
 }
 
+func (p *Proxy) untrack(c net.Conn) {
+	c.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
 func (p *Proxy) forward(c net.Conn) {
 	s, err := net.Dial("tcp", p.target)
 	if err != nil {
@@ -91,8 +98,8 @@ func (p *Proxy) forward(c net.Conn) {
 
 // pipe copies src to dst, holding data back while the proxy is frozen.
 func (p *Proxy) pipe(dst, src net.Conn, toServer bool) {
-	defer dst.Close()
-	defer src.Close()
+	defer p.untrack(dst)
+	defer p.untrack(src)
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -169,4 +176,11 @@ func (p *Proxy) setLocked(s proxyState) {
 		p.frozen = make(chan struct{})
 	}
 	p.state = s
+}
+
+// Conns counts the connections the proxy holds open (both sides of each).
+func (p *Proxy) Conns() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns)
 }
