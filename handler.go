@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
-	"github.com/edgevoip/caddy-rocketchat-voip/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
 	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
 )
 

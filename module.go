@@ -19,7 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
-	"github.com/edgevoip/caddy-rocketchat-voip/ratelimit"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
 

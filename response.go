@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"unicode/utf8"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
 )
 
 // Response bodies, byte for byte Rocket.Chat's (compact JSON, keys in

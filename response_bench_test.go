@@ -4,7 +4,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
 )
 
 // discardWriter is a ResponseWriter that keeps nothing, reused across

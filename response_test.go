@@ -3,7 +3,7 @@ package rocketchatvoip
 import (
 	"testing"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
 )
 
 func TestAppendJSStringMatchesJSONStringify(t *testing.T) {
