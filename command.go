@@ -65,7 +65,7 @@ func openFromFlags(c *cobra.Command) (*sql.DB, string, error) {
 
 // withDatabase runs fn with the pool named by --dsn (or the environment),
 // its description without credentials, and a context bounded by timeout.
-func withDatabase(timeout time.Duration, fn func(c *cobra.Command, ctx context.Context, db *sql.DB, where string) error) func(*cobra.Command, []string) error {
+func withDatabase(timeout time.Duration, fn func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, _ []string) error {
 		db, where, err := openFromFlags(c)
 		if err != nil {
@@ -74,7 +74,7 @@ func withDatabase(timeout time.Duration, fn func(c *cobra.Command, ctx context.C
 		defer db.Close()
 		ctx, cancel := context.WithTimeout(c.Context(), timeout)
 		defer cancel()
-		return fn(c, ctx, db, where)
+		return fn(ctx, c, db, where)
 	}
 }
 
@@ -83,7 +83,7 @@ func migrateCommand() *cobra.Command {
 		Use:   "migrate [--dsn <dsn>] [--status]",
 		Short: "Apply the embedded schema migrations (idempotent)",
 		Args:  cobra.NoArgs,
-		RunE: withDatabase(5*time.Minute, func(c *cobra.Command, ctx context.Context, db *sql.DB, where string) error {
+		RunE: withDatabase(5*time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			if status, _ := c.Flags().GetBool("status"); status {
 				v, err := schema.Version(ctx, db)
 				if err != nil {
@@ -117,7 +117,7 @@ func checkCommand() *cobra.Command {
 		Use:   "check [--dsn <dsn>]",
 		Short: "Check that a database is ready: reachable, schema current, permission rows present",
 		Args:  cobra.NoArgs,
-		RunE: withDatabase(time.Minute, func(c *cobra.Command, ctx context.Context, db *sql.DB, where string) error {
+		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			problems := checkDatabase(ctx, db)
 			for _, p := range problems {
 				fmt.Fprintln(c.OutOrStdout(), "problem:", p)
@@ -140,8 +140,8 @@ func checkDatabase(ctx context.Context, db *sql.DB) []string {
 	}
 	var problems []string
 	for _, perm := range []string{auth.PermissionInboundVoipCalls, auth.PermissionBypassRateLimitAPI} {
-		var n int
-		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM permission_roles WHERE permission = ?", perm).Scan(&n); err != nil {
+		n, err := auth.RolesGranting(ctx, db, perm)
+		if err != nil {
 			problems = append(problems, fmt.Sprintf("reading permission_roles: %v", err))
 			break
 		}

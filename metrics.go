@@ -13,7 +13,7 @@ import (
 // exists (at 0) from the start.
 var outcomes = []string{
 	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
-	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeBadBody,
+	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeUnreadableBody,
 	OutcomeUnavailable, OutcomeClientClosed, OutcomeInternalError,
 }
 

@@ -48,7 +48,7 @@ func (p *dbPool) prepare(ctx context.Context) error {
 	if p.stores.Load() != nil {
 		return nil
 	}
-	a, err := auth.NewStore(ctx, p.DB)
+	a, err := auth.New(ctx, p.DB)
 	if err != nil {
 		return err
 	}

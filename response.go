@@ -4,8 +4,6 @@ import (
 	"net/http"
 	"strconv"
 	"unicode/utf8"
-
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
 )
 
 // Response bodies, byte for byte Rocket.Chat's (compact JSON, keys in
@@ -24,10 +22,10 @@ var (
 )
 
 // invalidParamsBody returns the 400 body for a validation error.
-func invalidParamsBody(e *params.Error) []byte {
+func invalidParamsBody(err error) []byte {
 	b := make([]byte, 0, 96)
 	b = append(b, `{"success":false,"error":`...)
-	b = appendJSString(b, e.Message+" [invalid-params]")
+	b = appendJSString(b, err.Error()+" [invalid-params]")
 	return append(b, `,"errorType":"invalid-params"}`...)
 }
 

@@ -52,8 +52,8 @@ type Store struct {
 	now  func() time.Time
 }
 
-// NewStore prepares the lookup on db.
-func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
+// New prepares the lookup on db.
+func New(ctx context.Context, db *sql.DB) (*Store, error) {
 	stmt, err := db.PrepareContext(ctx, lookupSQL)
 	if err != nil {
 		return nil, err
@@ -99,4 +99,12 @@ func (s *Store) Authenticate(ctx context.Context, userID, token string, loginExp
 	}
 	u.Username, u.Name = username.String, name.String
 	return u, nil
+}
+
+// RolesGranting counts the roles that grant permission, for operators'
+// checks (no role granting inbound-voip-calls means nobody can close rooms).
+func RolesGranting(ctx context.Context, db *sql.DB, permission string) (int, error) {
+	var n int
+	err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM permission_roles WHERE permission = ?", permission).Scan(&n)
+	return n, err
 }

@@ -85,7 +85,7 @@ type Result struct {
 // Store holds the statements prepared in Provision.
 type Store struct {
 	db                                                    *sql.DB
-	lookup, pbxEvents, closeRoom, insertMessage, insertEv *sql.Stmt
+	lookup, pbxEvents, closeRoom, insertMessage, insertEvent *sql.Stmt
 	now                                                   func() time.Time
 }
 
@@ -100,7 +100,7 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 		{&s.pbxEvents, pbxEventsSQL},
 		{&s.closeRoom, closeSQL},
 		{&s.insertMessage, insertMessageSQL},
-		{&s.insertEv, insertEventSQL},
+		{&s.insertEvent, insertEventSQL},
 	} {
 		stmt, err := db.PrepareContext(ctx, p.query)
 		if err != nil {
@@ -114,7 +114,7 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 
 // Close releases the prepared statements.
 func (s *Store) Close() error {
-	for _, st := range []*sql.Stmt{s.lookup, s.pbxEvents, s.closeRoom, s.insertMessage, s.insertEv} {
+	for _, st := range []*sql.Stmt{s.lookup, s.pbxEvents, s.closeRoom, s.insertMessage, s.insertEvent} {
 		if st != nil {
 			st.Close()
 		}
@@ -271,7 +271,7 @@ func (s *Store) closeOnce(ctx context.Context, req CloseRequest) (Result, error)
 				res.MessageID, req.Rid, msgType, msg, req.Agent.ID, nullIfEmpty(req.Agent.Username), nullIfEmpty(req.Agent.Name), now, now); err != nil {
 				return err
 			}
-			_, err = tx.StmtContext(ctx, s.insertEv).ExecContext(ctx, req.Rid, payload, now)
+			_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx, req.Rid, payload, now)
 			return err
 		})
 		if err == nil {

@@ -26,7 +26,7 @@ func FuzzParse(f *testing.F) {
 			sameOutcome(t, body)
 		}
 		if err != nil {
-			if err.Message == "" {
+			if err.Error() == "" {
 				t.Fatal("an error without a message")
 			}
 			return

@@ -53,14 +53,22 @@ func trimBOMs(body string) string {
 // decoded as UTF-8 with replacement, a leading BOM dropped, and if it does
 // not parse it is {}; a form becomes an object of strings (the last of
 // repeated keys wins); any other body becomes an object without 'rid'.
-func Parse(contentType, body string) (Params, *Error) {
+func Parse(contentType, body string) (Params, error) {
+	p, err := parse(contentType, body)
+	if err != nil { // not a nil *Error in a non-nil error
+		return Params{}, err
+	}
+	return p, nil
+}
+
+func parse(contentType, body string) (Params, *Error) {
 	switch {
 	case strings.Contains(contentType, "multipart/form-data"):
 		return Params{}, errRequiredRid // the router does not read multipart bodies: {}
 	case strings.Contains(contentType, "application/json"):
 		return parseJSON(trimBOMs(body))
 	case strings.Contains(contentType, "application/x-www-form-urlencoded"):
-		return Validate(decodeForm(string(wellFormedUTF8([]byte(body)))))
+		return validate(decodeForm(string(wellFormedUTF8([]byte(body)))))
 	default:
 		// Rocket.Chat spreads a text body into an object ({0:'a',1:'b',…}),
 		// which never has 'rid'.
@@ -82,12 +90,12 @@ func decodeForm(s string) map[string]any {
 	return out
 }
 
-// Validate checks a decoded body (a form, or JSON decoded generically)
+// validate checks a decoded body (a form, or JSON decoded generically)
 // against the room.close schema and returns the coerced
 // parameters or the first error, in AJV's order: type of the body, required
 // properties (rid, then token), additional properties, then each property's
 // type (rid, token, options.comment, options.tags, each tag).
-func Validate(v any) (Params, *Error) {
+func validate(v any) (Params, *Error) {
 	obj, ok := v.(map[string]any)
 	if !ok {
 		return Params{}, errMustBeObject

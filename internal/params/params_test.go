@@ -48,13 +48,13 @@ func TestValidateFirstErrorAndCoercion(t *testing.T) {
 	for _, c := range cases {
 		got, err := Parse(c.ct, c.body)
 		if c.err != "" {
-			if err == nil || err.Message != c.err {
+			if err == nil || err.Error() != c.err {
 				t.Errorf("%s %s: got %+v %v, want error %q", c.ct, c.body, got, err, c.err)
 			}
 			continue
 		}
 		if err != nil {
-			t.Errorf("%s %s: unexpected error %q", c.ct, c.body, err.Message)
+			t.Errorf("%s %s: unexpected error %q", c.ct, c.body, err)
 			continue
 		}
 		if !reflect.DeepEqual(got, c.want) {

@@ -61,7 +61,7 @@ func main() {
 	db.SetMaxOpenConns(*conc) // the module's max_open_conns in the same run
 	db.SetMaxIdleConns(*conc)
 	ctx := context.Background()
-	authStore, err := auth.NewStore(ctx, db)
+	authStore, err := auth.New(ctx, db)
 	if err != nil {
 		log.Fatal(err)
 	}
