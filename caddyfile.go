@@ -1,8 +1,8 @@
 package rocketchatvoip
 
 import (
+	"math"
 	"strconv"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -35,131 +35,116 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    db_timeout <duration>
 //	    compat 6|7
 //	    max_open_conns <n>
+//	    max_concurrent_closes <n>
 //	}
+//
+// The parser reads the syntax; what values are valid is decided by
+// Validate, which it calls after each subdirective so that an error names
+// the line. A value of 0 means the default, as in JSON.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
-		case "dsn":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			h.DSN = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "migrate":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			h.Migrate = true
-		case "path":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if d.Val() == "" || d.Val()[0] != '/' {
-				return d.Errf("path must start with /: %q", d.Val())
-			}
-			h.Path = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "login_expiration":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			h.LoginExpiration = caddy.Duration(dur)
-		case "rate_limit":
-			args := d.RemainingArgs()
-			switch {
-			case len(args) == 1 && args[0] == "off":
-				h.RateLimit = &RateLimit{Off: true}
-			case len(args) == 2:
-				n, err := strconv.Atoi(args[0])
-				if err != nil || n <= 0 {
-					return d.Errf("rate_limit: request count must be a positive integer: %q", args[0])
-				}
-				window, err := caddy.ParseDuration(args[1])
-				if err != nil || window <= 0 {
-					return d.Errf("rate_limit: window must be a positive duration: %q", args[1])
-				}
-				h.RateLimit = &RateLimit{Requests: n, Window: caddy.Duration(window)}
-			default:
-				return d.Errf("rate_limit takes '<requests> <window>' or 'off'")
-			}
-		case "max_body":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			size, err := humanize.ParseBytes(d.Val())
-			if err != nil || size == 0 || size > 1<<40 {
-				return d.Errf("max_body: not a positive size: %q", d.Val())
-			}
-			h.MaxBody = int64(size)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "db_timeout":
-			dur, err := durationArg(d)
-			if err != nil {
-				return err
-			}
-			h.DBTimeout = caddy.Duration(dur)
-		case "compat":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "6":
-				h.Compat = 6
-			case "7":
-				h.Compat = 7
-			default:
-				return d.Errf("compat must be 6 or 7: %q", d.Val())
-			}
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "max_open_conns":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			n, err := strconv.Atoi(d.Val())
-			if err != nil || n <= 0 {
-				return d.Errf("max_open_conns must be a positive integer: %q", d.Val())
-			}
-			h.MaxOpenConns = n
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("unrecognized subdirective %q", d.Val())
+		if err := h.unmarshalSubdirective(d); err != nil {
+			return err
+		}
+		if err := h.validateValues(); err != nil {
+			return d.Err(err.Error())
 		}
 	}
-	if h.DSN == "" {
-		return d.Err("rocketchat_voip: dsn is required")
+	if err := h.Validate(); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }
 
-// durationArg reads exactly one positive duration argument.
-func durationArg(d *caddyfile.Dispenser) (time.Duration, error) {
+func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 	name := d.Val()
-	if !d.NextArg() {
-		return 0, d.ArgErr()
+	args := d.RemainingArgs()
+	one := func() (string, error) {
+		if len(args) != 1 {
+			return "", d.ArgErr()
+		}
+		return args[0], nil
 	}
-	dur, err := caddy.ParseDuration(d.Val())
-	if err != nil || dur <= 0 {
-		return 0, d.Errf("%s: not a positive duration: %q", name, d.Val())
+	integer := func() (int, error) {
+		arg, err := one()
+		if err != nil {
+			return 0, err
+		}
+		n, err := strconv.Atoi(arg)
+		if err != nil {
+			return 0, d.Errf("%s: not a whole number: %q", name, arg)
+		}
+		return n, nil
 	}
-	if d.NextArg() {
-		return 0, d.ArgErr()
+	duration := func() (caddy.Duration, error) {
+		arg, err := one()
+		if err != nil {
+			return 0, err
+		}
+		dur, err := caddy.ParseDuration(arg)
+		if err != nil {
+			return 0, d.Errf("%s: not a duration: %q", name, arg)
+		}
+		return caddy.Duration(dur), nil
 	}
-	return dur, nil
+	var err error
+	switch name {
+	case "dsn":
+		h.DSN, err = one()
+	case "migrate":
+		if len(args) != 0 {
+			return d.ArgErr()
+		}
+		h.Migrate = true
+	case "path":
+		h.Path, err = one()
+		if err == nil && h.Path == "" {
+			return d.Errf("path: must start with /, not %q", h.Path)
+		}
+	case "login_expiration":
+		h.LoginExpiration, err = duration()
+	case "rate_limit":
+		switch {
+		case len(args) == 1 && args[0] == "off":
+			h.RateLimit = &RateLimit{Off: true}
+		case len(args) == 2:
+			n, err := strconv.Atoi(args[0])
+			if err != nil {
+				return d.Errf("rate_limit: the request count is not a whole number: %q", args[0])
+			}
+			window, err := caddy.ParseDuration(args[1])
+			if err != nil {
+				return d.Errf("rate_limit: the window is not a duration: %q", args[1])
+			}
+			h.RateLimit = &RateLimit{Requests: n, Window: caddy.Duration(window)}
+		default:
+			return d.Err("rate_limit takes '<requests> <window>' or 'off'")
+		}
+	case "max_body":
+		var arg string
+		if arg, err = one(); err == nil {
+			size, perr := humanize.ParseBytes(arg)
+			if perr != nil || size > math.MaxInt64 {
+				return d.Errf("max_body: not a size: %q", arg)
+			}
+			h.MaxBody = int64(size)
+		}
+	case "db_timeout":
+		h.DBTimeout, err = duration()
+	case "compat":
+		h.Compat, err = integer()
+	case "max_open_conns":
+		h.MaxOpenConns, err = integer()
+	case "max_concurrent_closes":
+		h.MaxConcurrentCloses, err = integer()
+	default:
+		return d.Errf("unrecognized subdirective %q", name)
+	}
+	return err
 }
 
 // Interface guard

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	rocketchatvoip "github.com/edgevoip/caddy-rocketchat-voip"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testcaddy"
 )
 
@@ -46,9 +47,9 @@ func handlerJSON(t *testing.T, block string) (string, error) {
 }
 
 func TestCaddyfileValid(t *testing.T) {
-	cases := map[string]string{
-		"rocketchat_voip {\n dsn {env.ROCKETCHAT_VOIP_DSN}\n}": `{"dsn":"{env.ROCKETCHAT_VOIP_DSN}","handler":"rocketchat_voip"}`,
-		`rocketchat_voip {
+	cases := []struct{ name, in, want string }{
+		{"placeholder dsn only", "rocketchat_voip {\n dsn {env.ROCKETCHAT_VOIP_DSN}\n}", `{"dsn":"{env.ROCKETCHAT_VOIP_DSN}","handler":"rocketchat_voip"}`},
+		{"every subdirective", `rocketchat_voip {
 	dsn "gw:pw@tcp(db:3306)/rc"
 	migrate
 	path /api/v1/voip/room.close
@@ -58,53 +59,93 @@ func TestCaddyfileValid(t *testing.T) {
 	db_timeout 3s
 	compat 6
 	max_open_conns 32
-}`: `{"compat":6,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`,
-		"rocketchat_voip {\n dsn x@/y\n rate_limit off\n compat 7\n max_body 512KB\n}": `{"compat":7,"dsn":"x@/y","handler":"rocketchat_voip","max_body":512000,"rate_limit":{"off":true}}`,
+	max_concurrent_closes 8
+}`, `{"compat":6,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_concurrent_closes":8,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`},
+		{"limiter off, compat 7, decimal size", "rocketchat_voip {\n dsn x@/y\n rate_limit off\n compat 7\n max_body 512KB\n}", `{"compat":7,"dsn":"x@/y","handler":"rocketchat_voip","max_body":512000,"rate_limit":{"off":true}}`},
+		{"several servers", "rocketchat_voip {\n dsn \"gw@tcp(db1:3306,db2:3306)/rc\"\n}", `{"dsn":"gw@tcp(db1:3306,db2:3306)/rc","handler":"rocketchat_voip"}`},
 	}
-	for in, want := range cases {
-		got, err := handlerJSON(t, in)
-		if err != nil {
-			t.Errorf("%s: %v", in, err)
-			continue
-		}
-		if got != want {
-			t.Errorf("%s:\ngot  %s\nwant %s", in, got, want)
-		}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := handlerJSON(t, c.in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != c.want {
+				t.Fatalf("got  %s\nwant %s", got, c.want)
+			}
+		})
 	}
 }
 
+// Syntax errors, which only the Caddyfile can make.
 func TestCaddyfileErrors(t *testing.T) {
-	cases := map[string]string{
-		"rocketchat_voip":                                         "dsn is required",
-		"rocketchat_voip {\n}":                                    "dsn is required",
-		"rocketchat_voip arg {\n dsn x@/y\n}":                     "Caddyfile:2",
-		"rocketchat_voip {\n dsn\n}":                              "Caddyfile:3",
-		"rocketchat_voip {\n dsn a b\n}":                          "Caddyfile:3",
-		"rocketchat_voip {\n dsn x@/y\n bogus 1\n}":               `unrecognized subdirective "bogus"`,
-		"rocketchat_voip {\n dsn x@/y\n migrate yes\n}":           "Caddyfile:4",
-		"rocketchat_voip {\n dsn x@/y\n path api\n}":              "path must start with /",
-		"rocketchat_voip {\n dsn x@/y\n login_expiration soon\n}": "login_expiration: not a positive duration",
-		"rocketchat_voip {\n dsn x@/y\n login_expiration -1h\n}":  "not a positive duration",
-		"rocketchat_voip {\n dsn x@/y\n rate_limit 10\n}":         "rate_limit takes",
-		"rocketchat_voip {\n dsn x@/y\n rate_limit 0 60s\n}":      "request count must be a positive integer",
-		"rocketchat_voip {\n dsn x@/y\n rate_limit 10 0s\n}":      "window must be a positive duration",
-		"rocketchat_voip {\n dsn x@/y\n rate_limit on\n}":         "rate_limit takes",
-		"rocketchat_voip {\n dsn x@/y\n max_body lots\n}":         "max_body: not a positive size",
-		"rocketchat_voip {\n dsn x@/y\n max_body 0\n}":            "max_body: not a positive size",
-		"rocketchat_voip {\n dsn x@/y\n db_timeout 0s\n}":         "db_timeout: not a positive duration",
-		"rocketchat_voip {\n dsn x@/y\n db_timeout\n}":            "Caddyfile:4",
-		"rocketchat_voip {\n dsn x@/y\n compat 8\n}":              "compat must be 6 or 7",
-		"rocketchat_voip {\n dsn x@/y\n max_open_conns -1\n}":     "max_open_conns must be a positive integer",
+	cases := []struct{ name, in, want string }{
+		{"no block", "rocketchat_voip", "dsn is required"},
+		{"empty block", "rocketchat_voip {\n}", "dsn is required"},
+		{"argument on the directive", "rocketchat_voip arg {\n dsn x@/y\n}", "Caddyfile:2"},
+		{"dsn without value", "rocketchat_voip {\n dsn\n}", "Caddyfile:3"},
+		{"dsn with two values", "rocketchat_voip {\n dsn a b\n}", "Caddyfile:3"},
+		{"unknown subdirective", "rocketchat_voip {\n dsn x@/y\n bogus 1\n}", `unrecognized subdirective "bogus"`},
+		{"migrate with a value", "rocketchat_voip {\n dsn x@/y\n migrate yes\n}", "Caddyfile:4"},
+		{"duration that is not one", "rocketchat_voip {\n dsn x@/y\n login_expiration soon\n}", "login_expiration: not a duration"},
+		{"rate_limit with one number", "rocketchat_voip {\n dsn x@/y\n rate_limit 10\n}", "rate_limit takes"},
+		{"rate_limit on", "rocketchat_voip {\n dsn x@/y\n rate_limit on\n}", "rate_limit takes"},
+		{"size that is not one", "rocketchat_voip {\n dsn x@/y\n max_body lots\n}", "max_body: not a size"},
+		{"db_timeout without value", "rocketchat_voip {\n dsn x@/y\n db_timeout\n}", "Caddyfile:4"},
+		{"compat that is not a number", "rocketchat_voip {\n dsn x@/y\n compat seven\n}", "compat: not a whole number"},
 	}
-	for in, want := range cases {
-		_, err := handlerJSON(t, in)
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%q: got error %v, want one containing %q", in, err, want)
-			continue
-		}
-		// Every error names the line that caused it.
-		if !regexp.MustCompile(`at Caddyfile:\d+`).MatchString(err.Error()) {
-			t.Errorf("%q: error does not name the line: %v", in, err)
-		}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := handlerJSON(t, c.in)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got error %v, want one containing %q", err, c.want)
+			}
+			// Every error names the line that caused it.
+			if !regexp.MustCompile(`at Caddyfile:\d+`).MatchString(err.Error()) {
+				t.Fatalf("error does not name the line: %v", err)
+			}
+		})
+	}
+}
+
+// TestConfigRules feeds one table to the Caddyfile and to JSON: both accept
+// and refuse the same values, with the same message (Validate decides).
+func TestConfigRules(t *testing.T) {
+	cases := []struct {
+		name, caddyfile, json, want string // want "" means accepted
+	}{
+		{"max_body 0 is the default", "max_body 0", `"max_body":0`, ""},
+		{"max_body 1 TiB", "max_body 1TiB", `"max_body":1099511627776`, ""},
+		{"max_body over 1 TiB", "max_body 2TiB", `"max_body":2199023255552`, "max_body: must be between 1 byte and 1 TiB"},
+		{"rate_limit with no requests", "rate_limit 0 60s", `"rate_limit":{"requests":0,"window":60000000000}`, "rate_limit: the request count must be positive"},
+		{"rate_limit with negative requests", "rate_limit -1 60s", `"rate_limit":{"requests":-1,"window":60000000000}`, "rate_limit: the request count must be positive"},
+		{"rate_limit with no window", "rate_limit 10 0s", `"rate_limit":{"requests":10,"window":0}`, "rate_limit: the window must be positive"},
+		{"rate_limit off", "rate_limit off", `"rate_limit":{"off":true}`, ""},
+		{"compat 8", "compat 8", `"compat":8`, "compat: must be 6 or 7, not 8"},
+		{"compat 0 is the default", "compat 0", `"compat":0`, ""},
+		{"negative db_timeout", "db_timeout -1s", `"db_timeout":-1000000000`, "db_timeout: must not be negative"},
+		{"db_timeout 0 is the default", "db_timeout 0s", `"db_timeout":0`, ""},
+		{"negative login_expiration", "login_expiration -1h", `"login_expiration":-3600000000000`, "login_expiration: must not be negative"},
+		{"relative path", "path api", `"path":"api"`, "path: must start with /"},
+		{"negative max_open_conns", "max_open_conns -1", `"max_open_conns":-1`, "max_open_conns: must not be negative"},
+		{"negative max_concurrent_closes", "max_concurrent_closes -2", `"max_concurrent_closes":-2`, "max_concurrent_closes: must not be negative"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, cfErr := handlerJSON(t, "rocketchat_voip {\n dsn x@/y\n "+c.caddyfile+"\n}")
+			var h rocketchatvoip.Handler
+			if err := json.Unmarshal([]byte(`{"dsn":"x@/y",`+c.json+`}`), &h); err != nil {
+				t.Fatal(err)
+			}
+			jsonErr := h.Validate()
+			for form, err := range map[string]error{"Caddyfile": cfErr, "JSON": jsonErr} {
+				switch {
+				case c.want == "" && err != nil:
+					t.Errorf("%s refused it: %v", form, err)
+				case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+					t.Errorf("%s: got %v, want an error containing %q", form, err, c.want)
+				}
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package rocketchatvoip
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,19 +24,19 @@ import (
 // Outcome names one row of the contract table (and the extra rows of the
 // gateway's own). They are the values of {http.rocketchat_voip.outcome}.
 const (
-	OutcomeClosed        = "closed"
-	OutcomeUnauthorized  = "unauthorized"
-	OutcomeRateLimited   = "rate_limited"
-	OutcomeInvalidParams = "invalid_params"
-	OutcomeForbidden     = "forbidden"
-	OutcomeInvalidToken  = "invalid_token"
-	OutcomeInvalidRoom   = "invalid_room"
-	OutcomeRoomClosed    = "room_closed"
-	OutcomeTooLarge      = "too_large"
-	OutcomeUnreadableBody       = "unreadable_body"
-	OutcomeUnavailable   = "unavailable"
-	OutcomeClientClosed  = "client_closed" // the client hung up before the answer; nginx's 499
-	OutcomeInternalError = "internal_error"
+	OutcomeClosed         = "closed"
+	OutcomeUnauthorized   = "unauthorized"
+	OutcomeRateLimited    = "rate_limited"
+	OutcomeInvalidParams  = "invalid_params"
+	OutcomeForbidden      = "forbidden"
+	OutcomeInvalidToken   = "invalid_token"
+	OutcomeInvalidRoom    = "invalid_room"
+	OutcomeRoomClosed     = "room_closed"
+	OutcomeTooLarge       = "too_large"
+	OutcomeUnreadableBody = "unreadable_body"
+	OutcomeUnavailable    = "unavailable"
+	OutcomeClientClosed   = "client_closed" // the client hung up before the answer; nginx's 499
+	OutcomeInternalError  = "internal_error"
 )
 
 // Placeholders set on every handled request.
@@ -165,7 +166,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		Comment:      p.Comment,
 	}
 	dbStart = time.Now()
-	_, err = stores.rooms.CloseRoom(ctx, req)
+	_, err = h.closeRoom(ctx, stores.rooms, req)
 	st.dbTime += time.Since(dbStart)
 	switch {
 	case err == nil:
@@ -180,6 +181,19 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		st.err = err
 		h.respondDatabaseError(r, respond)
 	}
+}
+
+// closeRoom runs the close when one of the handler's close slots is free,
+// waiting for one within ctx: past max_concurrent_closes, more concurrent
+// transactions only contend inside the database.
+func (h *Handler) closeRoom(ctx context.Context, rooms *roomstore.Store, req roomstore.CloseRequest) (roomstore.Result, error) {
+	select {
+	case h.closeSlots <- struct{}{}:
+	case <-ctx.Done():
+		return roomstore.Result{}, fmt.Errorf("waiting for a close slot: %w", ctx.Err())
+	}
+	defer func() { <-h.closeSlots }()
+	return rooms.CloseRoom(ctx, req)
 }
 
 // statusClientClosed is what the access log shows for a request whose client

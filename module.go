@@ -29,26 +29,52 @@ func init() {
 
 // Defaults, all Rocket.Chat's where Rocket.Chat has one.
 const (
-	DefaultPath            = "/api/v1/voip/room.close"
-	DefaultLoginExpiration = 90 * 24 * time.Hour // Accounts_LoginExpiration
-	DefaultRateLimit       = 10                  // API_Enable_Rate_Limiter_Limit_Calls_Default
-	DefaultRateLimitWindow = time.Minute         // API_Enable_Rate_Limiter_Limit_Time_Default
-	DefaultMaxBody         = 1 << 20
-	DefaultDBTimeout       = 3 * time.Second
-	DefaultCompat          = 6
-	DefaultMaxOpenConns    = 64
+	defaultPath                = "/api/v1/voip/room.close"
+	defaultLoginExpiration     = 90 * 24 * time.Hour // Accounts_LoginExpiration
+	defaultRateLimit           = 10                  // API_Enable_Rate_Limiter_Limit_Calls_Default
+	defaultRateLimitWindow     = time.Minute         // API_Enable_Rate_Limiter_Limit_Time_Default
+	defaultMaxBody             = 1 << 20
+	maxMaxBody                 = 1 << 40
+	defaultDBTimeout           = 3 * time.Second
+	defaultCompat              = 6
+	defaultMaxOpenConns        = 64
+	defaultMaxConcurrentCloses = 16
 )
 
-// Handler answers POST voip/room.close from MySQL.
+// Handler answers Rocket.Chat's POST /api/v1/voip/room.close from MySQL and
+// passes every other request, untouched, to the next handler (normally
+// reverse_proxy to Rocket.Chat). A handled request is answered by this
+// module itself, whatever its outcome, and never reaches the next handler
+// or handle_errors.
+//
+// It authenticates X-User-Id and X-Auth-Token against the hashed login
+// tokens in MySQL, applies Rocket.Chat's default API rate limit, validates
+// the body as Rocket.Chat's schema does, checks the inbound-voip-calls
+// permission, and closes the room in one transaction, answering with
+// Rocket.Chat's status codes and bodies.
+//
+// Each handled request sets the placeholders
+// {http.rocketchat_voip.outcome}, {http.rocketchat_voip.user_id} and
+// {http.rocketchat_voip.rid}. The outcome is one of closed, unauthorized,
+// rate_limited, invalid_params, forbidden, invalid_token, invalid_room,
+// room_closed, too_large, unreadable_body, unavailable, client_closed and
+// internal_error; it also labels the metrics
+// caddy_rocketchat_voip_requests_total and
+// caddy_rocketchat_voip_request_duration_seconds.
+//
+// A zero value in any field below means its default.
 type Handler struct {
 	// DSN is the go-sql-driver/mysql data source name, for example
-	// "gw:secret@tcp(db:3306)/rocketchat". Required. Placeholders such as
-	// {env.ROCKETCHAT_VOIP_DSN} are expanded. The gateway always sets
+	// "gw:secret@tcp(db:3306)/rocketchat". Required. The tcp address may list
+	// several servers, "tcp(db1:3306,db2:3306,db3:3306)": connections go to
+	// the first that answers and is ready, in that order. Placeholders such
+	// as {env.ROCKETCHAT_VOIP_DSN} are expanded. The module always sets
 	// parseTime=true and loc=UTC, and never interpolates parameters.
 	DSN string `json:"dsn,omitempty"`
 
 	// Migrate applies the embedded schema migrations at start. Without it,
-	// a database whose schema is older than this build needs is an error.
+	// a database whose schema is older than this build needs fails the
+	// config load, unless another site of the same config migrates it.
 	Migrate bool `json:"migrate,omitempty"`
 
 	// Path is the exact request path that is handled. Default:
@@ -61,34 +87,44 @@ type Handler struct {
 	LoginExpiration caddy.Duration `json:"login_expiration,omitempty"`
 
 	// RateLimit configures Rocket.Chat's default API rate limiter for this
-	// route. Default: 10 requests per 60s per client IP.
+	// route. Default (when absent): 10 requests per 60s per client IP.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 
-	// MaxBody is the largest request body accepted, in bytes; larger bodies
-	// get 413. Default: 1 MiB.
+	// MaxBody is the largest request body accepted, in bytes, at most 1 TiB;
+	// larger bodies get 413. Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	// DBTimeout bounds all database work of one request; past it the
-	// request gets 503 and nothing is written. Default: 3s.
+	// DBTimeout bounds the database work of one request, COMMIT included;
+	// past it the request gets 503. Default: 3s.
 	DBTimeout caddy.Duration `json:"db_timeout,omitempty"`
 
-	// Compat selects the 401 body: 6 for the published API page's (default),
-	// 7 for Rocket.Chat 7.x's.
+	// Compat is the Rocket.Chat major version whose 401 body is sent: 6 for
+	// the published API page's (default), 7 for Rocket.Chat 7.x's.
 	Compat int `json:"compat,omitempty"`
 
 	// MaxOpenConns caps the connections of the pool shared by every handler
 	// with the same DSN. Default: 64.
 	MaxOpenConns int `json:"max_open_conns,omitempty"`
 
-	logger  *zap.Logger
-	poolKey string
-	pool    *dbPool
-	limiter *ratelimit.Limiter
+	// MaxConcurrentCloses bounds the closes (the room lookup and the
+	// transaction) this handler runs on the database at once; more wait
+	// their turn, within db_timeout. A database serves a few concurrent
+	// transactions best, and loses throughput to lock and CPU contention
+	// when every client's is let in at once. Default: 16.
+	MaxConcurrentCloses int `json:"max_concurrent_closes,omitempty"`
+
+	logger     *zap.Logger
+	poolKey    string
+	pool       *dbPool
+	limiterKey string
+	limiter    *ratelimit.Limiter
+	closeSlots chan struct{}
 	// unauthorized is the 401 body chosen by Compat.
 	unauthorized []byte
 }
 
-// RateLimit is the rate limiter's configuration.
+// RateLimit is the rate limiter's configuration. When given, it either is
+// off or has both a request count and a window.
 type RateLimit struct {
 	// Off disables rate limiting.
 	Off bool `json:"off,omitempty"`
@@ -106,33 +142,68 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// Validate is the one place that decides what a valid configuration is;
+// the Caddyfile parser calls it too, so both refuse the same values. Zero
+// values stand for defaults and pass.
+func (h *Handler) Validate() error {
+	if h.DSN == "" {
+		return errors.New("dsn is required")
+	}
+	return h.validateValues()
+}
+
+// validateValues is Validate without the required fields, for the Caddyfile
+// parser to check each subdirective as it reads it.
+func (h *Handler) validateValues() error {
+	switch {
+	case h.Path != "" && h.Path[0] != '/':
+		return fmt.Errorf("path: must start with /, not %q", h.Path)
+	case h.LoginExpiration < 0:
+		return errors.New("login_expiration: must not be negative")
+	case h.RateLimit != nil && h.RateLimit.Off && (h.RateLimit.Requests != 0 || h.RateLimit.Window != 0):
+		return errors.New("rate_limit: off takes no request count or window")
+	case h.RateLimit != nil && !h.RateLimit.Off && h.RateLimit.Requests <= 0:
+		return fmt.Errorf("rate_limit: the request count must be positive, not %d", h.RateLimit.Requests)
+	case h.RateLimit != nil && !h.RateLimit.Off && h.RateLimit.Window <= 0:
+		return fmt.Errorf("rate_limit: the window must be positive, not %s", time.Duration(h.RateLimit.Window))
+	case h.MaxBody < 0 || h.MaxBody > maxMaxBody:
+		return fmt.Errorf("max_body: must be between 1 byte and 1 TiB, not %d", h.MaxBody)
+	case h.DBTimeout < 0:
+		return errors.New("db_timeout: must not be negative")
+	case h.Compat != 0 && h.Compat != 6 && h.Compat != 7:
+		return fmt.Errorf("compat: must be 6 or 7, not %d", h.Compat)
+	case h.MaxOpenConns < 0:
+		return fmt.Errorf("max_open_conns: must not be negative, not %d", h.MaxOpenConns)
+	case h.MaxConcurrentCloses < 0:
+		return fmt.Errorf("max_concurrent_closes: must not be negative, not %d", h.MaxConcurrentCloses)
+	}
+	return nil
+}
+
 func (h *Handler) applyDefaults() {
 	if h.Path == "" {
-		h.Path = DefaultPath
+		h.Path = defaultPath
 	}
 	if h.LoginExpiration == 0 {
-		h.LoginExpiration = caddy.Duration(DefaultLoginExpiration)
+		h.LoginExpiration = caddy.Duration(defaultLoginExpiration)
 	}
 	if h.RateLimit == nil {
-		h.RateLimit = &RateLimit{}
-	}
-	if h.RateLimit.Requests == 0 {
-		h.RateLimit.Requests = DefaultRateLimit
-	}
-	if h.RateLimit.Window == 0 {
-		h.RateLimit.Window = caddy.Duration(DefaultRateLimitWindow)
+		h.RateLimit = &RateLimit{Requests: defaultRateLimit, Window: caddy.Duration(defaultRateLimitWindow)}
 	}
 	if h.MaxBody == 0 {
-		h.MaxBody = DefaultMaxBody
+		h.MaxBody = defaultMaxBody
 	}
 	if h.DBTimeout == 0 {
-		h.DBTimeout = caddy.Duration(DefaultDBTimeout)
+		h.DBTimeout = caddy.Duration(defaultDBTimeout)
 	}
 	if h.Compat == 0 {
-		h.Compat = DefaultCompat
+		h.Compat = defaultCompat
 	}
 	if h.MaxOpenConns == 0 {
-		h.MaxOpenConns = DefaultMaxOpenConns
+		h.MaxOpenConns = defaultMaxOpenConns
+	}
+	if h.MaxConcurrentCloses == 0 {
+		h.MaxConcurrentCloses = defaultMaxConcurrentCloses
 	}
 }
 
@@ -140,6 +211,11 @@ func (h *Handler) applyDefaults() {
 // the same DSN), checks or migrates the schema, and prepares every statement
 // the request path uses.
 func (h *Handler) Provision(ctx caddy.Context) error {
+	// Refuse a bad config before touching anything shared.
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	h.applyDefaults()
 	h.logger = ctx.Logger()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
@@ -147,10 +223,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// The driver's own messages (dropped connections and the like) go to
 	// Caddy's log rather than bare stderr.
 	_ = mysql.SetLogger(driverLogger{h.logger.Named("mysql")})
-	h.applyDefaults()
-	if err := h.Validate(); err != nil {
-		return err
-	}
 	dsn := caddy.NewReplacer().ReplaceAll(h.DSN, "")
 	cfg, err := dbconnect.ParseDSN(dsn)
 	if err != nil {
@@ -201,11 +273,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return h.provisionRest()
 }
 
-// provisionRest sets up what needs no database.
+// provisionRest sets up what needs no database connection.
 func (h *Handler) provisionRest() error {
 	if !h.RateLimit.Off {
-		h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
+		// The counts outlive a reload that keeps the same limit on the same
+		// route and database; a changed limit starts afresh.
+		h.limiterKey = fmt.Sprintf("%s %s %d/%s", h.poolKey, h.Path, h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
+		val, _, err := limiters.LoadOrNew(h.limiterKey, func() (caddy.Destructor, error) {
+			return ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window)), nil
+		})
+		if err != nil {
+			h.limiterKey = ""
+			return err
+		}
+		h.limiter = val.(*ratelimit.Limiter)
 	}
+	h.closeSlots = make(chan struct{}, h.MaxConcurrentCloses)
 	h.unauthorized = bodyUnauthorized6
 	if h.Compat == 7 {
 		h.unauthorized = bodyUnauthorized7
@@ -213,38 +296,20 @@ func (h *Handler) provisionRest() error {
 	return nil
 }
 
-// Validate checks the configuration. Provision calls it before connecting,
-// after filling in defaults.
-func (h *Handler) Validate() error {
-	switch {
-	case h.DSN == "":
-		return errors.New("rocketchat_voip: dsn is required")
-	case len(h.Path) == 0 || h.Path[0] != '/':
-		return fmt.Errorf("rocketchat_voip: path %q must start with /", h.Path)
-	case h.LoginExpiration < 0:
-		return errors.New("rocketchat_voip: login_expiration must not be negative")
-	case h.RateLimit != nil && !h.RateLimit.Off && (h.RateLimit.Requests < 0 || h.RateLimit.Window < 0):
-		return errors.New("rocketchat_voip: rate_limit needs a positive count and window")
-	case h.MaxBody < 0:
-		return errors.New("rocketchat_voip: max_body must be positive")
-	case h.DBTimeout < 0:
-		return errors.New("rocketchat_voip: db_timeout must be positive")
-	case h.Compat != 0 && h.Compat != 6 && h.Compat != 7:
-		return fmt.Errorf("rocketchat_voip: compat must be 6 or 7, not %d", h.Compat)
-	case h.MaxOpenConns < 0:
-		return errors.New("rocketchat_voip: max_open_conns must be positive")
-	}
-	return nil
-}
-
 // Cleanup releases this config's hold on the pool; the last holder closes it.
 func (h *Handler) Cleanup() error {
+	if h.limiterKey != "" {
+		limiters.Delete(h.limiterKey) //nolint:errcheck // a limiter's Destruct cannot fail
+	}
 	if h.poolKey != "" {
 		_, err := pools.Delete(h.poolKey)
 		return err
 	}
 	return nil
 }
+
+// limiters holds the rate limiters' state across config reloads.
+var limiters = caddy.NewUsagePool()
 
 // driverLogger adapts go-sql-driver/mysql's logger to zap.
 type driverLogger struct{ l *zap.Logger }

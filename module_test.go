@@ -61,7 +61,7 @@ func TestProvisionErrors(t *testing.T) {
 		{&Handler{}, "dsn is required"},
 		{&Handler{DSN: "not a dsn"}, "invalid dsn"},
 		{&Handler{DSN: "root:sekret@tcp(127.0.0.1:1)/x"}, "cannot connect to MySQL at tcp(127.0.0.1:1)/x"},
-		{&Handler{DSN: db.DSN, Compat: 5}, "compat must be 6 or 7"},
+		{&Handler{DSN: db.DSN, Compat: 5}, "compat: must be 6 or 7"},
 	}
 	for _, c := range cases {
 		err := provision(t, c.h)

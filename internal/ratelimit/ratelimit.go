@@ -60,3 +60,6 @@ func (l *Limiter) Take(key string) Decision {
 
 // Now is the limiter's clock, for messages computed from a Decision.
 func (l *Limiter) Now() time.Time { return l.now() }
+
+// Destruct lets a Limiter live in a caddy.UsagePool: it holds no resources.
+func (l *Limiter) Destruct() error { return nil }
