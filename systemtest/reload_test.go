@@ -154,3 +154,51 @@ func readAll(resp *http.Response) string {
 		}
 	}
 }
+
+// TestRateLimitSurvivesReloads: reloads through the admin API, under
+// pass-through load, keep the limiter's counts when the limit is unchanged
+// (an admin reloading every few seconds must not turn the limit off), and a
+// changed limit starts afresh.
+func TestRateLimitSurvivesReloads(t *testing.T) {
+	admin := fmt.Sprintf("127.0.0.1:%d", testcaddy.FreePort(t))
+	e, _ := startEnv(t, envOptions{globals: "\tadmin " + admin + "\n", extra: []string{"rate_limit 5 60s"}})
+	remaining := func() string {
+		t.Helper()
+		got := e.post(t, `{}`)
+		if got.status != 400 && got.status != 429 {
+			t.Fatalf("got %d %s", got.status, got.body)
+		}
+		return got.header.Get("X-RateLimit-Remaining")
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if resp, err := http.Get(e.caddy.BaseURL + "/api/info"); err == nil {
+				resp.Body.Close()
+			}
+		}
+	})
+	defer func() { close(stop); wg.Wait() }()
+
+	for i, want := range []string{"4", "3", "2"} {
+		if got := remaining(); got != want {
+			t.Fatalf("request %d: remaining %s, want %s", i+1, got, want)
+		}
+	}
+	for range 5 {
+		adminLoad(t, admin, e.caddy.Caddyfile)
+	}
+	if got := remaining(); got != "1" {
+		t.Fatalf("after 5 reloads of the same config: remaining %s, want 1 (the counts must survive)", got)
+	}
+	adminLoad(t, admin, strings.Replace(e.caddy.Caddyfile, "rate_limit 5 60s", "rate_limit 6 60s", 1))
+	if got := remaining(); got != "5" {
+		t.Fatalf("after a reload that changed the limit: remaining %s, want 5 (a fresh window)", got)
+	}
+}
