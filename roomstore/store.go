@@ -84,9 +84,9 @@ type Result struct {
 
 // Store holds the statements prepared in Provision.
 type Store struct {
-	db                                                    *sql.DB
+	db                                                       *sql.DB
 	lookup, pbxEvents, closeRoom, insertMessage, insertEvent *sql.Stmt
-	now                                                   func() time.Time
+	now                                                      func() time.Time
 }
 
 // New prepares the store's statements on db.
