@@ -1,5 +1,5 @@
 // Package schema holds the gateway's MySQL schema as embedded, versioned
-// migrations (see shared/spec/schema.md for the contract they implement).
+// migrations (docs/contract.md, "The MySQL schema", is the contract they implement).
 //
 // The SQL is plain DDL and INSERT IGNORE that runs unchanged on MariaDB 10.11+,
 // MySQL 8.0+ and TiDB. MySQL commits DDL implicitly, so a migration is not one
