@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
+	"github.com/edgevoip/caddy-rocketchat-voip/outbox"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
 
@@ -26,18 +27,19 @@ const dsnEnv = "ROCKETCHAT_VOIP_DSN"
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "rocketchat-voip",
-		Usage: "migrate|check|hash-token [--dsn <dsn>]",
+		Usage: "migrate|check|outbox|hash-token [--dsn <dsn>]",
 		Short: "Manage the rocketchat_voip module's MySQL schema and tokens",
 		Long: `
 Commands of the rocketchat_voip handler:
 
   migrate      apply the embedded schema migrations (--status: only show the version)
   check        verify that a database is ready for the gateway
+  outbox       show the outbox's delivery status (status), or send events again (replay)
   hash-token   print Rocket.Chat's hash of a login token read from stdin
 
 The DSN is taken from --dsn, or else from $` + dsnEnv + `.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(migrateCommand(), checkCommand(), hashTokenCommand())
+			cmd.AddCommand(migrateCommand(), checkCommand(), outboxCommand(), hashTokenCommand())
 		},
 	})
 }
@@ -173,4 +175,58 @@ read from stdin so that it never appears in a shell history or process list.`,
 			return nil
 		},
 	}
+}
+
+func outboxCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "outbox status|replay",
+		Short: "Show or steer the delivery of the room_events outbox",
+	}
+	status := &cobra.Command{
+		Use:   "status [--dsn <dsn>]",
+		Short: "Print how many events are pending and parked, and the oldest pending",
+		Args:  cobra.NoArgs,
+		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+			st, err := outbox.ReadStatus(ctx, db)
+			if err != nil {
+				return err
+			}
+			oldest := "none"
+			if !st.OldestPending.IsZero() {
+				oldest = fmt.Sprintf("%s (%s ago)", st.OldestPending.Format(time.RFC3339), time.Since(st.OldestPending).Round(time.Second))
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: pending %d, parked %d, oldest pending %s\n", where, st.Pending, st.Parked, oldest)
+			return nil
+		}),
+	}
+	addDSNFlag(status)
+	replay := &cobra.Command{
+		Use:   "replay [--dsn <dsn>] [--parked] [--from <id>]",
+		Short: "Make events deliverable again: the parked ones, or all from an id on",
+		Long: `Makes events pending again, with their attempts reset, so that the
+rocketchat_voip_outbox app delivers them once more:
+
+  --parked      the parked events (those that failed too often)
+  --from <id>   every event from this id on, delivered ones included
+  both          the parked events from this id on`,
+		Args: cobra.NoArgs,
+		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+			parked, _ := c.Flags().GetBool("parked")
+			from, _ := c.Flags().GetInt64("from")
+			if !parked && !c.Flags().Changed("from") {
+				return errors.New("say what to replay: --parked, --from <id>, or both")
+			}
+			n, err := outbox.Replay(ctx, db, parked, from)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: %d event(s) will be delivered again\n", where, n)
+			return nil
+		}),
+	}
+	addDSNFlag(replay)
+	replay.Flags().Bool("parked", false, "replay the parked events")
+	replay.Flags().Int64("from", 0, "replay every event from this id on")
+	c.AddCommand(status, replay)
+	return c
 }

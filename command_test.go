@@ -37,23 +37,23 @@ func TestCommandMigrateStatusCheck(t *testing.T) {
 	dsn := cfg.FormatDSN()
 
 	out, err := run(t, "", "migrate", "--status", "--dsn", dsn)
-	if err == nil || !strings.Contains(out, "schema version 0, this build needs 1") {
+	if err == nil || !strings.Contains(out, "schema version 0, this build needs 2") {
 		t.Fatalf("status of an empty database: %v %q", err, out)
 	}
 	if out, err = run(t, "", "check", "--dsn", dsn); err == nil || !strings.Contains(out, "problem: database schema is at version 0") {
 		t.Fatalf("check of an empty database: %v %q", err, out)
 	}
-	if out, err = run(t, "", "migrate", "--dsn", dsn); err != nil || !strings.Contains(out, "applied migrations [1]") {
+	if out, err = run(t, "", "migrate", "--dsn", dsn); err != nil || !strings.Contains(out, "applied migrations [1 2]") {
 		t.Fatalf("migrate: %v %q", err, out)
 	}
 	t.Setenv(dsnEnv, dsn) // the environment stands in for --dsn
-	if out, err = run(t, "", "migrate"); err != nil || !strings.Contains(out, "schema already at version 1") {
+	if out, err = run(t, "", "migrate"); err != nil || !strings.Contains(out, "schema already at version 2") {
 		t.Fatalf("migrate again: %v %q", err, out)
 	}
-	if out, err = run(t, "", "migrate", "--status"); err != nil || !strings.Contains(out, "schema version 1, this build needs 1") {
+	if out, err = run(t, "", "migrate", "--status"); err != nil || !strings.Contains(out, "schema version 2, this build needs 2") {
 		t.Fatalf("status: %v %q", err, out)
 	}
-	if out, err = run(t, "", "check"); err != nil || !strings.Contains(out, "ok (schema version 1)") {
+	if out, err = run(t, "", "check"); err != nil || !strings.Contains(out, "ok (schema version 2)") {
 		t.Fatalf("check: %v %q", err, out)
 	}
 	if _, err := db.DB.Exec("DELETE FROM " + empty + ".permission_roles WHERE permission = 'inbound-voip-calls'"); err != nil {

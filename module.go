@@ -18,7 +18,6 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
@@ -223,24 +222,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// The driver's own messages (dropped connections and the like) go to
 	// Caddy's log rather than bare stderr.
 	_ = mysql.SetLogger(driverLogger{h.logger.Named("mysql")})
-	dsn := caddy.NewReplacer().ReplaceAll(h.DSN, "")
-	cfg, err := dbconnect.ParseDSN(dsn)
+	pool, key, cfg, err := sharedPool(ctx, caddy.NewReplacer().ReplaceAll(h.DSN, ""))
 	if err != nil {
 		return err
 	}
-	h.poolKey = cfg.Key()
-	val, _, err := pools.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		db, err := dbconnect.Open(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		return &dbPool{DB: db, name: cfg.String()}, nil
-	})
-	if err != nil {
-		h.poolKey = ""
-		return err
-	}
-	h.pool = val.(*dbPool)
+	h.pool, h.poolKey = pool, key
 	h.pool.SetMaxOpenConns(h.MaxOpenConns)
 	h.pool.SetMaxIdleConns(h.MaxOpenConns)
 

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
 )
 
@@ -98,4 +99,25 @@ func (p *dbPool) closeLocked() {
 		st.rooms.Close()
 	}
 	p.DB.Close()
+}
+
+// sharedPool returns the pool for dsn from the usage pool, opening it if no
+// config holds it yet, with the key to release it by and the parsed DSN.
+func sharedPool(ctx context.Context, dsn string) (*dbPool, string, *dbconnect.Config, error) {
+	cfg, err := dbconnect.ParseDSN(dsn)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	key := cfg.Key()
+	val, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
+		db, err := dbconnect.Open(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return &dbPool{DB: db, name: cfg.String()}, nil
+	})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return val.(*dbPool), key, cfg, nil
 }

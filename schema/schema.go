@@ -208,11 +208,16 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 
 // execIdempotent runs an idempotent statement, again when it loses a
 // deadlock, a lock wait, or (on Galera) a certification conflict with the
-// same statement run on another node, all of which roll it back whole.
+// same statement run on another node, all of which roll it back whole. A
+// column or index that exists already (ADD COLUMN and CREATE INDEX have no
+// IF NOT EXISTS that MySQL 8 accepts) counts as done.
 func execIdempotent(ctx context.Context, conn *sql.Conn, stmt string, args ...any) error {
 	for attempt := 1; ; attempt++ {
 		_, err := conn.ExecContext(ctx, stmt, args...)
 		var me *mysql.MySQLError
+		if errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061) { // ER_DUP_FIELDNAME, ER_DUP_KEYNAME
+			return nil
+		}
 		if err == nil || attempt == 10 || !errors.As(err, &me) || (me.Number != 1213 && me.Number != 1205) {
 			return err
 		}

@@ -117,3 +117,12 @@ func (p *Process) Stop() {
 
 // Log is what the process printed so far.
 func (p *Process) Log() string { return p.log.String() }
+
+// Kill ends the process with SIGKILL: a crash, with no chance to clean up.
+func (p *Process) Kill() {
+	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
