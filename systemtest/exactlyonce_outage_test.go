@@ -17,9 +17,11 @@ import (
 // their ids with the visitor token of each.
 func seedRooms(t *testing.T, db *testdb.DB, n int) (rids, tokens []string) {
 	t.Helper()
+	// A prefix of the batch's own, so that a test can seed more than once.
+	prefix := testdb.RandomID()[:6]
 	var visitors []testdb.Visitor
 	for i := 0; i < 10; i++ {
-		visitors = append(visitors, db.AddVisitor(t, fmt.Sprintf("bulk-v%d", i)))
+		visitors = append(visitors, db.AddVisitor(t, fmt.Sprintf("bulk-%s-v%d", prefix, i)))
 	}
 	ts := time.Now().UTC().Add(-time.Minute)
 	for start := 0; start < n; start += 100 {
@@ -32,7 +34,7 @@ func seedRooms(t *testing.T, db *testdb.DB, n int) (rids, tokens []string) {
 				q.WriteString(",")
 			}
 			q.WriteString("(?, 'v', TRUE, ?, ?, ?, ?, 0, ?)")
-			rid := fmt.Sprintf("BULK%05d", i)
+			rid := fmt.Sprintf("BULK%s%05d", prefix, i)
 			args = append(args, rid, ts, v.ID, v.Token, v.Username, ts)
 			rids, tokens = append(rids, rid), append(tokens, v.Token)
 		}
