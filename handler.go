@@ -114,17 +114,37 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout))
 	defer cancel()
 
-	// 1. authentication (the same query also reads the permissions)
-	dbStart := time.Now()
-	user, err := stores.auth.Authenticate(ctx, singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token"), time.Duration(h.LoginExpiration))
-	st.dbTime += time.Since(dbStart)
-	if errors.Is(err, auth.ErrUnauthorized) {
+	// The body is parsed first (no I/O) so that, when it is valid, one query
+	// reads the credentials, the permissions and the room together; its
+	// error is answered in its turn, after authentication and the limiter.
+	userID, token := singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token")
+	if !auth.Askable(userID, token) {
 		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
 		return
 	}
+	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
+	hashed := auth.HashLoginToken(token)
+	dbStart := time.Now()
+	var (
+		creds auth.Credentials
+		found roomstore.Found
+	)
+	if invalid == nil {
+		creds, found, err = stores.rooms.ReadWithCredentials(ctx, userID, hashed, p.Rid, p.Token)
+	} else {
+		creds, err = stores.auth.Read(ctx, userID, hashed)
+	}
+	st.dbTime += time.Since(dbStart)
 	if err != nil {
 		st.err = err
 		h.respondDatabaseError(r, respond)
+		return
+	}
+
+	// 1. authentication
+	user, err := stores.auth.Verify(creds, userID, hashed, time.Duration(h.LoginExpiration))
+	if err != nil {
+		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
 		return
 	}
 	st.userID = user.ID
@@ -144,9 +164,8 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// 3. body validation
-	p, verr := params.Parse(r.Header.Get("Content-Type"), body)
-	if verr != nil {
-		respond(http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(verr))
+	if invalid != nil {
+		respond(http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(invalid))
 		return
 	}
 	st.rid = p.Rid
@@ -166,7 +185,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		Comment:      p.Comment,
 	}
 	dbStart = time.Now()
-	_, err = h.closeRoom(ctx, stores.rooms, req)
+	_, err = h.closeRoom(ctx, stores.rooms, req, found)
 	st.dbTime += time.Since(dbStart)
 	switch {
 	case err == nil:
@@ -186,14 +205,14 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 // closeRoom runs the close when one of the handler's close slots is free,
 // waiting for one within ctx: past max_concurrent_closes, more concurrent
 // transactions only contend inside the database.
-func (h *Handler) closeRoom(ctx context.Context, rooms *roomstore.Store, req roomstore.CloseRequest) (roomstore.Result, error) {
+func (h *Handler) closeRoom(ctx context.Context, rooms *roomstore.Store, req roomstore.CloseRequest, found roomstore.Found) (roomstore.Result, error) {
 	select {
 	case h.closeSlots <- struct{}{}:
 	case <-ctx.Done():
 		return roomstore.Result{}, fmt.Errorf("waiting for a close slot: %w", ctx.Err())
 	}
 	defer func() { <-h.closeSlots }()
-	return rooms.CloseRoom(ctx, req)
+	return rooms.CloseFound(ctx, req, found)
 }
 
 // statusClientClosed is what the access log shows for a request whose client

@@ -37,14 +37,55 @@ type User struct {
 
 // One round trip answers authentication and both permission checks: the
 // token row is found by its primary key, and the permission flags are two
-// EXISTS probes over primary keys.
-const lookupSQL = `SELECT t.user_id, t.hashed_token, t.type, t.created_at, u.username, u.name,
+// EXISTS probes over primary keys. CredentialsQuery lets a caller add the
+// columns and joins of its own to the same round trip (roomstore reads the
+// room with it).
+const (
+	credentialColumns = `t.user_id, t.hashed_token, t.type, t.created_at, u.username, u.name,
   EXISTS (SELECT 1 FROM user_roles ur JOIN permission_roles pr ON pr.role = ur.role
           WHERE ur.user_id = t.user_id AND pr.permission = ?),
   EXISTS (SELECT 1 FROM user_roles ur JOIN permission_roles pr ON pr.role = ur.role
-          WHERE ur.user_id = t.user_id AND pr.permission = ?)
-FROM user_login_tokens t LEFT JOIN users u ON u.id = t.user_id
-WHERE t.user_id = ? AND t.hashed_token = ?`
+          WHERE ur.user_id = t.user_id AND pr.permission = ?)`
+	credentialFrom  = `FROM user_login_tokens t LEFT JOIN users u ON u.id = t.user_id`
+	credentialWhere = `WHERE t.user_id = ? AND t.hashed_token = ?`
+)
+
+// CredentialsQuery is the credentials lookup with more columns (no
+// placeholders) and more joins; pass its arguments with QueryArgs.
+func CredentialsQuery(columns, joins string) string {
+	q := "SELECT " + credentialColumns
+	if columns != "" {
+		q += ",\n  " + columns
+	}
+	q += "\n" + credentialFrom
+	if joins != "" {
+		q += "\n" + joins
+	}
+	return q + "\n" + credentialWhere
+}
+
+// QueryArgs orders the arguments of a CredentialsQuery: the permissions,
+// then the joins' own, then the user and the token's hash.
+func QueryArgs(userID, hashedToken string, joinArgs ...any) []any {
+	args := make([]any, 0, 4+len(joinArgs))
+	args = append(args, PermissionInboundVoipCalls, PermissionBypassRateLimitAPI)
+	args = append(args, joinArgs...)
+	return append(args, userID, hashedToken)
+}
+
+// Credentials is the row a CredentialsQuery found for a request.
+type Credentials struct {
+	Found                          bool // false: no row, so no such token
+	UserID, HashedToken, TokenType string
+	CreatedAt                      time.Time
+	Username, Name                 sql.NullString
+	CanCloseRooms, BypassRateLimit bool
+}
+
+// ScanTargets are the destinations of the credential columns, in order.
+func (c *Credentials) ScanTargets() []any {
+	return []any{&c.UserID, &c.HashedToken, &c.TokenType, &c.CreatedAt, &c.Username, &c.Name, &c.CanCloseRooms, &c.BypassRateLimit}
+}
 
 // Store looks credentials up with a statement prepared once per pool.
 type Store struct {
@@ -54,7 +95,7 @@ type Store struct {
 
 // New prepares the lookup on db.
 func New(ctx context.Context, db *sql.DB) (*Store, error) {
-	stmt, err := db.PrepareContext(ctx, lookupSQL)
+	stmt, err := db.PrepareContext(ctx, CredentialsQuery("", ""))
 	if err != nil {
 		return nil, err
 	}
@@ -64,41 +105,59 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 // Close releases the prepared statement.
 func (s *Store) Close() error { return s.stmt.Close() }
 
+// Askable reports whether userID and token can name a login token at all,
+// so that a request without credentials costs no query. An id that is not
+// UTF-8 cannot be stored, so it names nobody (and MySQL 8 would reject it as
+// a parameter rather than match nothing).
+func Askable(userID, token string) bool {
+	return userID != "" && token != "" && utf8.ValidString(userID)
+}
+
 // Authenticate returns the user that userID and token name, ErrUnauthorized
 // when they name none, or the resume token is older than loginExpiration
 // (zero: never expires), or a database error.
 func (s *Store) Authenticate(ctx context.Context, userID, token string, loginExpiration time.Duration) (User, error) {
-	// An id that is not UTF-8 cannot be stored, so it names nobody; MySQL 8
-	// would reject it as a parameter rather than match nothing.
-	if userID == "" || token == "" || !utf8.ValidString(userID) {
+	if !Askable(userID, token) {
 		return User{}, ErrUnauthorized
 	}
 	hashed := HashLoginToken(token)
-	var (
-		storedUserID, storedHash, tokenType string
-		createdAt                           time.Time
-		username, name                      sql.NullString
-		u                                   = User{ID: userID}
-	)
-	err := s.stmt.QueryRowContext(ctx, PermissionInboundVoipCalls, PermissionBypassRateLimitAPI, userID, hashed).
-		Scan(&storedUserID, &storedHash, &tokenType, &createdAt, &username, &name, &u.CanCloseRooms, &u.BypassRateLimit)
-	if errors.Is(err, sql.ErrNoRows) {
-		return User{}, ErrUnauthorized
-	}
+	c, err := s.Read(ctx, userID, hashed)
 	if err != nil {
 		return User{}, err
 	}
+	return s.Verify(c, userID, hashed, loginExpiration)
+}
+
+// Read looks up the credentials of userID and the token hashed as
+// hashedToken; Verify then decides. No such token is not an error: the
+// Credentials say Found false.
+func (s *Store) Read(ctx context.Context, userID, hashedToken string) (Credentials, error) {
+	var c Credentials
+	err := s.stmt.QueryRowContext(ctx, QueryArgs(userID, hashedToken)...).Scan(c.ScanTargets()...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, nil
+	}
+	c.Found = err == nil
+	return c, err
+}
+
+// Verify decides whether the credentials found for userID and the token
+// whose hash is hashedToken authenticate them: ErrUnauthorized, or the user.
+func (s *Store) Verify(c Credentials, userID, hashedToken string, loginExpiration time.Duration) (User, error) {
+	if !c.Found {
+		return User{}, ErrUnauthorized
+	}
 	// The database compares with a PAD SPACE collation; insist on the exact
 	// bytes here, in constant time for the secret-derived value.
-	if storedUserID != userID || subtle.ConstantTimeCompare([]byte(storedHash), []byte(hashed)) != 1 {
+	if c.UserID != userID || subtle.ConstantTimeCompare([]byte(c.HashedToken), []byte(hashedToken)) != 1 {
 		return User{}, ErrUnauthorized
 	}
-	if tokenType != TokenTypePersonalAccessToken && loginExpiration > 0 &&
-		!s.now().Before(createdAt.Add(loginExpiration)) {
+	if c.TokenType != TokenTypePersonalAccessToken && loginExpiration > 0 &&
+		!s.now().Before(c.CreatedAt.Add(loginExpiration)) {
 		return User{}, ErrUnauthorized
 	}
-	u.Username, u.Name = username.String, name.String
-	return u, nil
+	return User{ID: userID, Username: c.Username.String, Name: c.Name.String,
+		CanCloseRooms: c.CanCloseRooms, BypassRateLimit: c.BypassRateLimit}, nil
 }
 
 // RolesGranting counts the roles that grant permission, for operators'

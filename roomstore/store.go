@@ -10,12 +10,15 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
+	"sort"
 	"strconv"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 )
 
@@ -36,15 +39,21 @@ const (
 // wait is run again before the error reaches the client as a 503.
 const maxAttempts = 3
 
+// Everything a close reads comes back in one round trip: the visitor, the
+// room, and the call's PBX events as a JSON array (MariaDB 10.5+, MySQL 8
+// and TiDB all have JSON_ARRAYAGG; the order is set in Go, as MySQL's
+// JSON_ARRAYAGG takes no ORDER BY). ReadWithCredentials adds these to the
+// authentication query, so that a close costs one read and its transaction.
 const (
-	lookupSQL = `SELECT v.id, v.token, v.username, r.id, r.open, r.ts, r.call_unique_id
-FROM livechat_visitors v
-LEFT JOIN rooms r ON r.id = ? AND r.t = 'v' AND r.visitor_token = v.token
-WHERE v.token = ?`
+	roomColumns = `v.token, v.id, v.username, r.id, r.open, r.ts, r.call_unique_id,
+  (SELECT JSON_ARRAYAGG(JSON_ARRAY(p.event, p.hold_time, DATE_FORMAT(p.ts, '%Y-%m-%d %H:%i:%s.%f'), p.id))
+   FROM pbx_events p
+   WHERE (p.call_unique_id = r.call_unique_id OR p.call_unique_id_fallback = r.call_unique_id)
+     AND p.event IN ('AgentConnect', 'Hold', 'Unhold'))`
+	roomJoin = `LEFT JOIN rooms r ON r.id = ? AND r.t = 'v' AND r.visitor_token = v.token`
 
-	pbxEventsSQL = `SELECT event, hold_time, ts FROM pbx_events
-WHERE (call_unique_id = ? OR call_unique_id_fallback = ?) AND event IN ('AgentConnect', 'Hold', 'Unhold')
-ORDER BY ts, id`
+	// lookupSQL reads the room alone (arguments: rid, visitor token).
+	lookupSQL = "SELECT " + roomColumns + "\nFROM livechat_visitors v\n" + roomJoin + "\nWHERE v.token = ?"
 
 	// The WHERE clause re-checks open inside the transaction: the row lock
 	// makes concurrent closes queue, and every one after the first matches
@@ -84,9 +93,9 @@ type Result struct {
 
 // Store holds the statements prepared in Provision.
 type Store struct {
-	db                                                       *sql.DB
-	lookup, pbxEvents, closeRoom, insertMessage, insertEvent *sql.Stmt
-	now                                                      func() time.Time
+	db                                                  *sql.DB
+	lookup, read, closeRoom, insertMessage, insertEvent *sql.Stmt
+	now                                                 func() time.Time
 }
 
 // New prepares the store's statements on db.
@@ -97,7 +106,7 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 		query string
 	}{
 		{&s.lookup, lookupSQL},
-		{&s.pbxEvents, pbxEventsSQL},
+		{&s.read, auth.CredentialsQuery(roomColumns, "LEFT JOIN livechat_visitors v ON v.token = ?\n"+roomJoin)},
 		{&s.closeRoom, closeSQL},
 		{&s.insertMessage, insertMessageSQL},
 		{&s.insertEvent, insertEventSQL},
@@ -114,12 +123,41 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 
 // Close releases the prepared statements.
 func (s *Store) Close() error {
-	for _, st := range []*sql.Stmt{s.lookup, s.pbxEvents, s.closeRoom, s.insertMessage, s.insertEvent} {
+	for _, st := range []*sql.Stmt{s.lookup, s.read, s.closeRoom, s.insertMessage, s.insertEvent} {
 		if st != nil {
 			st.Close()
 		}
 	}
 	return nil
+}
+
+// Found is what a close reads before its transaction: the visitor, the
+// room and the call's PBX events, as the database returned them.
+type Found struct {
+	visitorToken, visitorID, visitorUsername sql.NullString
+	roomID, callUniqueID                     sql.NullString
+	roomOpen                                 sql.NullBool
+	roomTs                                   sql.NullTime
+	pbxEvents                                []byte // JSON array of [event, hold_time, ts, id], or NULL
+}
+
+func (f *Found) scanTargets() []any {
+	return []any{&f.visitorToken, &f.visitorID, &f.visitorUsername, &f.roomID, &f.roomOpen, &f.roomTs, &f.callUniqueID, &f.pbxEvents}
+}
+
+// ReadWithCredentials reads, in one round trip, the credentials of userID
+// and the token hashed as hashedToken (see auth.Store.Verify) and the room
+// that a close of rid by the visitor with visitorToken would close.
+func (s *Store) ReadWithCredentials(ctx context.Context, userID, hashedToken, rid, visitorToken string) (auth.Credentials, Found, error) {
+	var c auth.Credentials
+	var f Found
+	err := s.read.QueryRowContext(ctx, auth.QueryArgs(userID, hashedToken, visitorToken, rid)...).
+		Scan(append(c.ScanTargets(), f.scanTargets()...)...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, f, nil // c.Found stays false
+	}
+	c.Found = err == nil
+	return c, f, err
 }
 
 type room struct {
@@ -128,72 +166,64 @@ type room struct {
 	ts                         time.Time
 }
 
-// find returns the visitor's open voip room, or one of the Err* outcomes.
-func (s *Store) find(ctx context.Context, rid, visitorToken string) (room, error) {
-	var (
-		r                        room
-		gotToken                 string
-		roomID, roomTs, roomOpen = sql.NullString{}, sql.NullTime{}, sql.NullBool{}
-		visitorIDStr             string
-	)
-	err := s.lookup.QueryRowContext(ctx, rid, visitorToken).
-		Scan(&visitorIDStr, &gotToken, &r.visitorUsername, &roomID, &roomOpen, &roomTs, &r.callUniqueID)
-	if errors.Is(err, sql.ErrNoRows) {
-		return room{}, ErrInvalidToken
-	}
-	if err != nil {
-		return room{}, err
-	}
+// room returns the visitor's open voip room named by rid, or one of the
+// Err* outcomes.
+func (f *Found) room(rid, visitorToken string) (room, error) {
 	// The collation pads spaces; ids and tokens must match byte for byte.
-	if gotToken != visitorToken {
+	if !f.visitorToken.Valid || f.visitorToken.String != visitorToken {
 		return room{}, ErrInvalidToken
 	}
-	if !roomID.Valid || roomID.String != rid || rid == "" {
+	if !f.roomID.Valid || f.roomID.String != rid || rid == "" {
 		return room{}, ErrInvalidRoom
 	}
-	if !roomOpen.Bool {
+	if !f.roomOpen.Bool {
 		return room{}, ErrRoomClosed
 	}
-	r.visitorID = sql.NullString{String: visitorIDStr, Valid: true}
-	r.ts = roomTs.Time
-	return r, nil
+	return room{visitorID: f.visitorID, visitorUsername: f.visitorUsername, callUniqueID: f.callUniqueID, ts: f.roomTs.Time}, nil
 }
 
 // callMetrics computes callWaitingTime and callTotalHoldTime the way
 // Rocket.Chat does: the AgentConnect event's hold time in ms, and the sum of
 // Hold/Unhold pairs taken in time order, a trailing Hold counting until now.
-func (s *Store) callMetrics(ctx context.Context, callUniqueID sql.NullString, now time.Time) (waiting sql.NullInt64, hold int64, err error) {
-	if !callUniqueID.Valid || callUniqueID.String == "" {
+func callMetrics(callUniqueID sql.NullString, pbxEvents []byte, now time.Time) (waiting sql.NullInt64, hold int64, err error) {
+	if !callUniqueID.Valid || callUniqueID.String == "" || len(pbxEvents) == 0 {
 		return waiting, 0, nil
 	}
-	rows, err := s.pbxEvents.QueryContext(ctx, callUniqueID.String, callUniqueID.String)
-	if err != nil {
-		return waiting, 0, err
+	var events [][4]*string // event, hold_time, ts, id
+	if err := json.Unmarshal(pbxEvents, &events); err != nil {
+		return waiting, 0, fmt.Errorf("reading PBX events: %w", err)
 	}
-	defer rows.Close()
+	for _, e := range events {
+		if e[0] == nil || e[2] == nil || e[3] == nil {
+			return waiting, 0, errors.New("reading PBX events: a NULL where none can be")
+		}
+	}
+	// ORDER BY ts, id: the timestamps are fixed-width text, ids compare as
+	// bytes (utf8mb4_bin).
+	sort.Slice(events, func(i, j int) bool {
+		if *events[i][2] != *events[j][2] {
+			return *events[i][2] < *events[j][2]
+		}
+		return *events[i][3] < *events[j][3]
+	})
 	var holds []time.Time
 	seenConnect := false
-	for rows.Next() {
-		var event string
-		var holdTime sql.NullString
-		var ts time.Time
-		if err := rows.Scan(&event, &holdTime, &ts); err != nil {
-			return waiting, 0, err
-		}
-		switch event {
+	for _, e := range events {
+		switch *e[0] {
 		case "AgentConnect":
-			if !seenConnect {
-				seenConnect = true
-				if secs, err := strconv.ParseFloat(holdTime.String, 64); err == nil && !math.IsInf(secs, 0) {
+			if !seenConnect && e[1] != nil {
+				if secs, err := strconv.ParseFloat(*e[1], 64); err == nil && !math.IsInf(secs, 0) {
 					waiting = sql.NullInt64{Int64: int64(math.Round(secs * 1000)), Valid: true}
 				}
 			}
+			seenConnect = true
 		default: // Hold or Unhold, paired by position as Rocket.Chat pairs them
+			ts, err := time.ParseInLocation("2006-01-02 15:04:05.000000", *e[2], time.UTC)
+			if err != nil {
+				return waiting, 0, fmt.Errorf("reading PBX events: %w", err)
+			}
 			holds = append(holds, ts)
 		}
-	}
-	if err := rows.Err(); err != nil {
-		return waiting, 0, err
 	}
 	for i := 0; i < len(holds); i += 2 {
 		end := now
@@ -205,34 +235,28 @@ func (s *Store) callMetrics(ctx context.Context, callUniqueID sql.NullString, no
 	return waiting, hold, nil
 }
 
-// CloseRoom closes the room, or returns ErrInvalidToken, ErrInvalidRoom,
-// ErrRoomClosed, or a database error. After a database error nothing was
-// written, unless it wraps dbconnect.ErrCommitOutcomeUnknown: then the
-// COMMIT was sent and may have landed.
+// CloseRoom reads the room and closes it: CloseFound after a read of its own.
 func (s *Store) CloseRoom(ctx context.Context, req CloseRequest) (Result, error) {
-	res, err := s.closeOnce(ctx, req)
-	if err != nil && connectionBroke(err) && ctx.Err() == nil {
-		// The server went away before COMMIT was sent, so nothing was
-		// written: once more, on a new connection (to another server when
-		// the DSN names several).
-		res, err = s.closeOnce(ctx, req)
+	var f Found
+	err := s.lookup.QueryRowContext(ctx, req.Rid, req.VisitorToken).Scan(f.scanTargets()...)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return Result{}, err
 	}
-	return res, err
+	return s.CloseFound(ctx, req, f)
 }
 
-// connectionBroke reports a connection lost before COMMIT was sent.
-func connectionBroke(err error) bool {
-	return (errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn)) &&
-		!errors.Is(err, dbconnect.ErrCommitOutcomeUnknown)
-}
-
-func (s *Store) closeOnce(ctx context.Context, req CloseRequest) (Result, error) {
-	r, err := s.find(ctx, req.Rid, req.VisitorToken)
+// CloseFound closes the room that f holds, or returns ErrInvalidToken,
+// ErrInvalidRoom, ErrRoomClosed, or a database error. After a database
+// error nothing was written, unless it wraps
+// dbconnect.ErrCommitOutcomeUnknown: then the COMMIT was sent and may have
+// landed.
+func (s *Store) CloseFound(ctx context.Context, req CloseRequest, f Found) (Result, error) {
+	r, err := f.room(req.Rid, req.VisitorToken)
 	if err != nil {
 		return Result{}, err
 	}
 	now := s.now().UTC().Truncate(time.Millisecond)
-	waiting, hold, err := s.callMetrics(ctx, r.callUniqueID, now)
+	waiting, hold, err := callMetrics(r.callUniqueID, f.pbxEvents, now)
 	if err != nil {
 		return Result{}, err
 	}
@@ -254,6 +278,7 @@ func (s *Store) closeOnce(ctx context.Context, req CloseRequest) (Result, error)
 		CallDuration: res.CallDuration, MessageID: res.MessageID, MessageType: msgType, Tags: req.Tags,
 	})
 
+	brokeOnce := false
 	for attempt := 1; ; attempt++ {
 		err = s.closeTx(ctx, func(tx *sql.Tx) error {
 			upd, err := tx.StmtContext(ctx, s.closeRoom).ExecContext(ctx,
@@ -274,13 +299,24 @@ func (s *Store) closeOnce(ctx context.Context, req CloseRequest) (Result, error)
 			_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx, req.Rid, payload, now)
 			return err
 		})
-		if err == nil {
+		switch {
+		case err == nil:
 			return res, nil
-		}
-		if attempt >= maxAttempts || !retryable(err) {
+		case connectionBroke(err) && !brokeOnce && ctx.Err() == nil:
+			// The server went away before COMMIT was sent, so nothing was
+			// written: once more, on a new connection (to another server
+			// when the DSN names several).
+			brokeOnce = true
+		case attempt >= maxAttempts || !retryable(err):
 			return Result{}, err
 		}
 	}
+}
+
+// connectionBroke reports a connection lost before COMMIT was sent.
+func connectionBroke(err error) bool {
+	return (errors.Is(err, driver.ErrBadConn) || errors.Is(err, mysql.ErrInvalidConn)) &&
+		!errors.Is(err, dbconnect.ErrCommitOutcomeUnknown)
 }
 
 func (s *Store) closeTx(ctx context.Context, fn func(*sql.Tx) error) error {

@@ -676,3 +676,49 @@ func stopCaddy(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRoundTrips counts the commands the gateway sends MySQL per outcome
+// (through the proxy, on one warm connection): a close is one read and its
+// transaction (BEGIN, UPDATE, two INSERTs, COMMIT), whether or not the room
+// has PBX events; a rejection is the one read.
+func TestRoundTrips(t *testing.T) {
+	e, proxy := newProxiedEnv(t, "max_open_conns 1", "rate_limit off")
+	e.db.AddRoom(t, "WARM", e.visitor, time.Now().UTC(), nil)
+	e.db.AddRoom(t, "CALL", e.visitor, time.Now().UTC(), "call-1")
+	e.db.Exec(t, "INSERT INTO pbx_events (id, unique_id, event, call_unique_id, hold_time, ts) VALUES ('p1', 'u1', 'AgentConnect', 'call-1', '3', ?)", time.Now().UTC())
+	plain := e.db.AddUser(t, "plain", "user")
+	expect(t, e.post(t, closeBody("WARM", e.visitor.Token)), 200, `{"rid":"WARM","success":true}`) // prepares the statements on the connection
+	cases := []struct {
+		name    string
+		send    func() response
+		status  int
+		queries int
+	}{
+		{"close", func() response { return e.post(t, closeBody(e.roomID, e.visitor.Token)) }, 200, 6},
+		{"close with PBX events", func() response { return e.post(t, closeBody("CALL", e.visitor.Token)) }, 200, 6},
+		{"room-closed", func() response { return e.post(t, closeBody(e.roomID, e.visitor.Token)) }, 400, 1},
+		{"invalid-room", func() response { return e.post(t, closeBody("NOPE", e.visitor.Token)) }, 400, 1},
+		{"invalid-token", func() response { return e.post(t, closeBody(e.roomID, "nope")) }, 400, 1},
+		{"validation", func() response { return e.post(t, `{}`) }, 400, 1},
+		{"unauthorized", func() response {
+			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": "nope"}, closeBody(e.roomID, e.visitor.Token))
+		}, 401, 1},
+		{"no credentials", func() response { return e.do(t, http.MethodPost, closePath, nil, closeBody(e.roomID, e.visitor.Token)) }, 401, 0},
+		{"forbidden", func() response {
+			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": plain.ID, "X-Auth-Token": plain.Token, "Content-Type": "application/json"}, closeBody("WARM", e.visitor.Token))
+		}, 403, 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := proxy.Commands()
+			got := c.send()
+			n := proxy.Commands() - before
+			if got.status != c.status {
+				t.Fatalf("got %d %s, want %d", got.status, got.body, c.status)
+			}
+			if n != c.queries {
+				t.Fatalf("%d round trips, want %d", n, c.queries)
+			}
+		})
+	}
+}

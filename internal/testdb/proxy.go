@@ -22,6 +22,8 @@ type Proxy struct {
 	// packet; deliverTrigger says whether the packet itself gets through.
 	freezeOn       []byte
 	deliverTrigger bool
+
+	commands int // client commands seen (each one round trip)
 }
 
 type proxyState int
@@ -101,10 +103,14 @@ func (p *Proxy) pipe(dst, src net.Conn, toServer bool) {
 	defer p.untrack(dst)
 	defer p.untrack(src)
 	buf := make([]byte, 32<<10)
+	var counter commandCounter
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
+			if toServer {
+				p.commands += counter.feed(buf[:n])
+			}
 			deliverFirst := false
 			if toServer && p.freezeOn != nil && bytes.Contains(buf[:n], p.freezeOn) {
 				p.freezeOn = nil
@@ -183,4 +189,49 @@ func (p *Proxy) Conns() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
+}
+
+// Commands is how many commands clients have sent through the proxy: each
+// is one round trip (a query, a prepared statement's execution, BEGIN,
+// COMMIT, …), as the MySQL protocol has no pipelining.
+func (p *Proxy) Commands() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.commands
+}
+
+// commandCounter finds the packets that start a command in a client's
+// stream: those with sequence number 0, past the handshake.
+type commandCounter struct {
+	header  []byte // the partial header of the next packet
+	skip    int    // payload bytes of the current packet still to come
+	packets int
+}
+
+func (c *commandCounter) feed(b []byte) (commands int) {
+	for len(b) > 0 {
+		if c.skip > 0 {
+			n := min(c.skip, len(b))
+			c.skip -= n
+			b = b[n:]
+			continue
+		}
+		n := min(4-len(c.header), len(b))
+		c.header = append(c.header, b[:n]...)
+		b = b[n:]
+		if len(c.header) < 4 {
+			return commands
+		}
+		length := int(c.header[0]) | int(c.header[1])<<8 | int(c.header[2])<<16
+		seq := c.header[3]
+		c.header = c.header[:0]
+		c.skip = length
+		c.packets++
+		// The client's first packet is its handshake response (sequence 1);
+		// every later packet with sequence 0 begins a command.
+		if seq == 0 && c.packets > 1 {
+			commands++
+		}
+	}
+	return commands
 }
