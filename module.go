@@ -2,8 +2,9 @@
 // POST /api/v1/voip/room.close at the edge, from MySQL, and passes every
 // other request to the next handler (normally reverse_proxy to Rocket.Chat).
 //
-// The wire contract is Rocket.Chat's own; see README.md for the deliberate
-// differences.
+// The wire contract is Rocket.Chat's own; docs/contract.md states it, with
+// the MySQL schema and the deliberate differences. The package also holds the
+// rocketchat_voip_outbox app, which delivers each close to a webhook.
 package rocketchatvoip
 
 import (

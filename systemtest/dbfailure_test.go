@@ -151,3 +151,42 @@ func TestStallAtTransactionEdges(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseSlotsBoundTheDatabaseWork: with max_concurrent_closes 1, a close
+// stuck on a row lock holds the only slot; a close of another, free room
+// waits for that slot rather than joining the pile-up in the database, and
+// goes through once the stuck close gives up at its db_timeout.
+func TestCloseSlotsBoundTheDatabaseWork(t *testing.T) {
+	e := newEnv(t, "db_timeout 700ms", "max_concurrent_closes 1", "rate_limit off")
+	e.db.AddRoom(t, "FREE", e.visitor, time.Now().UTC(), nil)
+	ctx := context.Background()
+	holder, err := e.db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback()
+	if _, err := holder.ExecContext(ctx, "UPDATE rooms SET queue = 'held' WHERE id = ?", e.roomID); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		response
+		at time.Time
+	}
+	stuck := make(chan answer)
+	go func() {
+		r := e.post(t, closeBody(e.roomID, e.visitor.Token))
+		stuck <- answer{r, time.Now()}
+	}()
+	time.Sleep(150 * time.Millisecond) // the stuck close has the slot
+	free := e.post(t, closeBody("FREE", e.visitor.Token))
+	freeAt := time.Now()
+	s := <-stuck
+	expect(t, s.response, 503, body503)
+	expect(t, free, 200, `{"rid":"FREE","success":true}`)
+	if freeAt.Before(s.at) {
+		t.Fatal("the free room's close did not wait for the only slot")
+	}
+	if !e.room(t, e.roomID).open {
+		t.Fatal("the room whose close timed out was closed")
+	}
+}
