@@ -3,6 +3,7 @@
 # plain Caddy, and vs the same SQL run directly, on loopback with wrk.
 #   bash bench/run.sh                 # everything, 10s runs, 2 A/B rounds
 #   BENCH_ARGS='-d 5s -only a,e' bash bench/run.sh
+#   BENCH_OLD=<commit> bash bench/run.sh   # also scenario o: this build vs Caddy built from <commit>
 # Prints a Markdown table (see the README's performance section).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
@@ -22,8 +23,16 @@ go build -o "$BIN_DIR/bench-upstream" ./bench/cmd/upstream
 go build -o "$BIN_DIR/bench-seed" ./bench/cmd/seed
 go build -o "$BIN_DIR/bench-directsql" ./bench/cmd/directsql
 go build -o "$BIN_DIR/bench-run" ./bench/cmd/bench
+OLD_ARGS=()
+if [ -n "${BENCH_OLD:-}" ]; then
+  say "building Caddy with the module as of $BENCH_OLD"
+  rm -rf "$TMP_DIR/old-src" && mkdir -p "$TMP_DIR/old-src"
+  git archive "$BENCH_OLD" | tar -x -C "$TMP_DIR/old-src"
+  (cd "$TMP_DIR/old-src" && go build -o "$BIN_DIR/caddy-old" ./cmd/caddy)
+  OLD_ARGS=(-old "$BIN_DIR/caddy-old")
+fi
 dbtool createdb "$ROCKETCHAT_VOIP_TEST_DSN" rocketchat_voip_bench
 DSN=$(dbtool withdb "$ROCKETCHAT_VOIP_TEST_DSN" rocketchat_voip_bench)
 "$BIN_DIR/caddy" rocketchat-voip migrate --dsn "$DSN" >&2
 say "running (each scenario: alternating rounds, the best round of each side is reported)"
-"$BIN_DIR/bench-run" -bin "$BIN_DIR" -dsn "$DSN" ${BENCH_ARGS:-}
+"$BIN_DIR/bench-run" -bin "$BIN_DIR" -dsn "$DSN" "${OLD_ARGS[@]}" ${BENCH_ARGS:-}

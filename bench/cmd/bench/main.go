@@ -45,6 +45,7 @@ var (
 	rooms    = flag.Int("rooms", 150000, "rooms to seed (each close run reopens them and starts again from the first)")
 	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,mem); empty: all")
 	admin    = flag.Bool("admin", false, "enable Caddy's admin API on "+adminAddr+", for /debug/pprof while a scenario runs")
+	oldBin   = flag.String("old", "", "a Caddy built from an older commit, for scenario o (old vs new); bench/run.sh sets it from BENCH_OLD")
 )
 
 const (
@@ -53,10 +54,11 @@ const (
 	plainAddr    = "127.0.0.1:18181"
 	lookupAddr   = "127.0.0.1:18182" // directsql -http: the lookup behind bare net/http
 	adminAddr    = "127.0.0.1:18199"
+	oldAddr      = "127.0.0.1:18183" // the module built from -old
 )
 
 // The processes whose CPU time is counted per run.
-var caddyPid, lookupPid, dbPid int
+var caddyPid, lookupPid, dbPid, oldPid int
 
 func main() {
 	flag.Parse()
@@ -94,6 +96,29 @@ http://%s {
 }
 `, adminLine, moduleAddr, *dsn, upstreamAddr, plainAddr, upstreamAddr)), 0o600)
 	caddy := start(bin("caddy"), "run", "--config", caddyfile, "--adapter", "caddyfile")
+	if *oldBin != "" {
+		oldfile := filepath.Join(os.TempDir(), "rocketchat-voip-bench-old.Caddyfile")
+		os.WriteFile(oldfile, []byte(fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	log {
+		output discard
+	}
+}
+http://%s {
+	rocketchat_voip {
+		dsn %q
+		rate_limit off
+		max_open_conns 64
+	}
+	reverse_proxy %s
+}
+`, oldAddr, *dsn, upstreamAddr)), 0o600)
+		old := start(*oldBin, "run", "--config", oldfile, "--adapter", "caddyfile")
+		oldPid = old.Process.Pid
+		waitFor(oldAddr)
+	}
 	caddyPid = caddy.Process.Pid
 	lookup := start(bin("bench-directsql"), "-dsn", *dsn, "-http", lookupAddr, "-c", "64")
 	lookupPid = lookup.Process.Pid
@@ -154,6 +179,38 @@ http://%s {
 		add(s.name, "lookup behind net/http", best(overHTTP), best(module), 0.9)
 	}
 
+	// (o) this build against an older one (-old), alternating rounds on the
+	// same database: closes as clients pile up, pass-through and rejections.
+	var oldRows []string
+	if want("o") && *oldBin != "" {
+		closeOld, closeNew := map[int]result{}, map[int]result{}
+		for _, conns := range []int{16, 64, 256} {
+			var o, n []result
+			for r := 0; r < *rounds; r++ {
+				run(bin("bench-seed"), "-dsn", *dsn, "-reopen")
+				o = append(o, wrk(oldPid, oldAddr, conns, "close.lua", "0", "2"))
+				run(bin("bench-seed"), "-dsn", *dsn, "-reopen")
+				n = append(n, wrk(caddyPid, moduleAddr, conns, "close.lua", "0", "2"))
+			}
+			closeOld[conns], closeNew[conns] = best(o), best(n)
+			oldRows = append(oldRows, oldVsNew(fmt.Sprintf("room.close successes, %d conns", conns), closeOld[conns], closeNew[conns]))
+		}
+		for _, s := range []struct{ name, script string }{
+			{"pass-through GET, 64 conns", "get.lua"},
+			{"401 random tokens, 64 conns", "unauthorized.lua"},
+			{"400 validation failures, 64 conns", "invalid.lua"},
+		} {
+			var o, n []result
+			for r := 0; r < *rounds; r++ {
+				o = append(o, wrk(oldPid, oldAddr, 64, s.script))
+				n = append(n, wrk(caddyPid, moduleAddr, 64, s.script))
+			}
+			oldRows = append(oldRows, oldVsNew(s.name, best(o), best(n)))
+		}
+		oldRows = append(oldRows, fmt.Sprintf("| new: closes/s at 64 and 256 conns over its own at 16 | | %.2f and %.2f (≥ 0.95) | |",
+			closeNew[64].RPS/closeNew[16].RPS, closeNew[256].RPS/closeNew[16].RPS))
+	}
+
 	fmt.Println("| scenario | baseline | baseline req/s | module req/s | ratio (target) | baseline p50 / p99 ms | module p50 / p99 ms | p99 ratio |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -180,6 +237,14 @@ http://%s {
 		after := rss(caddyPid)
 		fmt.Printf("\nMemory: Caddy RSS %.1f MiB after warm-up, %.1f MiB after %d more requests of mixed outcomes (%+.1f%%)\n",
 			float64(before)/1024, float64(after)/1024, total-warm.Requests, 100*(float64(after)/float64(before)-1))
+	}
+	if len(oldRows) > 0 {
+		fmt.Println()
+		fmt.Println("| scenario (o): this build vs -old | old req/s | new req/s | new / old | old p50 / p99 ms | new p50 / p99 ms | new CPU µs/req (Caddy / db) |")
+		fmt.Println("|---|---|---|---|---|---|---|")
+		for _, r := range oldRows {
+			fmt.Println(r)
+		}
 	}
 }
 
@@ -348,4 +413,9 @@ func rss(pid int) int {
 		}
 	}
 	return 0
+}
+
+func oldVsNew(name string, o, n result) string {
+	return fmt.Sprintf("| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f | %.0f / %.0f |",
+		name, o.RPS, n.RPS, n.RPS/o.RPS, o.P50, o.P99, n.P50, n.P99, n.ServerCPU, n.DBCPU)
 }
