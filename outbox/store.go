@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/sqlstmt"
 )
 
 // Delivery states of a room_events row.
@@ -77,38 +79,29 @@ WHERE id = ? AND claimed_by = ?`
 type Store struct {
 	db                                            *sql.DB
 	candidates, claimed, delivered, failed, stats *sql.Stmt
+	all                                           []*sql.Stmt // for Close
 }
 
 // NewStore prepares the outbox statements on db.
 func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	s := &Store{db: db}
-	for _, p := range []struct {
-		dst   **sql.Stmt
-		query string
-	}{
-		{&s.candidates, candidatesSQL},
-		{&s.claimed, claimedSQL},
-		{&s.delivered, deliveredSQL},
-		{&s.failed, failedSQL},
-		{&s.stats, statusSQL},
-	} {
-		stmt, err := db.PrepareContext(ctx, p.query)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		*p.dst = stmt
+	var err error
+	s.all, err = sqlstmt.Prepare(ctx, db, map[**sql.Stmt]string{
+		&s.candidates: candidatesSQL,
+		&s.claimed:    claimedSQL,
+		&s.delivered:  deliveredSQL,
+		&s.failed:     failedSQL,
+		&s.stats:      statusSQL,
+	})
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
 // Close releases the prepared statements.
 func (s *Store) Close() error {
-	for _, st := range []*sql.Stmt{s.candidates, s.claimed, s.delivered, s.failed, s.stats} {
-		if st != nil {
-			st.Close()
-		}
-	}
+	sqlstmt.Close(s.all)
 	return nil
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/sqlstmt"
 )
 
 // The outcomes that are not a success, in the contract's order.
@@ -95,39 +96,30 @@ type Result struct {
 type Store struct {
 	db                                                  *sql.DB
 	lookup, read, closeRoom, insertMessage, insertEvent *sql.Stmt
+	all                                                 []*sql.Stmt // for Close
 	now                                                 func() time.Time
 }
 
 // New prepares the store's statements on db.
 func New(ctx context.Context, db *sql.DB) (*Store, error) {
 	s := &Store{db: db, now: time.Now}
-	for _, p := range []struct {
-		dst   **sql.Stmt
-		query string
-	}{
-		{&s.lookup, lookupSQL},
-		{&s.read, auth.CredentialsQuery(roomColumns, "LEFT JOIN livechat_visitors v ON v.token = ?\n"+roomJoin)},
-		{&s.closeRoom, closeSQL},
-		{&s.insertMessage, insertMessageSQL},
-		{&s.insertEvent, insertEventSQL},
-	} {
-		stmt, err := db.PrepareContext(ctx, p.query)
-		if err != nil {
-			s.Close()
-			return nil, err
-		}
-		*p.dst = stmt
+	var err error
+	s.all, err = sqlstmt.Prepare(ctx, db, map[**sql.Stmt]string{
+		&s.lookup:        lookupSQL,
+		&s.read:          auth.CredentialsQuery(roomColumns, "LEFT JOIN livechat_visitors v ON v.token = ?\n"+roomJoin),
+		&s.closeRoom:     closeSQL,
+		&s.insertMessage: insertMessageSQL,
+		&s.insertEvent:   insertEventSQL,
+	})
+	if err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
 // Close releases the prepared statements.
 func (s *Store) Close() error {
-	for _, st := range []*sql.Stmt{s.lookup, s.read, s.closeRoom, s.insertMessage, s.insertEvent} {
-		if st != nil {
-			st.Close()
-		}
-	}
+	sqlstmt.Close(s.all)
 	return nil
 }
 
