@@ -35,7 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    db_timeout <duration>
 //	    compat 6|7
 //	    max_open_conns <n>
-//	    max_concurrent_closes <n>
+//	    db_concurrency <n>
 //	}
 //
 // The parser reads the syntax; what values are valid is decided by
@@ -139,8 +139,8 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 		h.Compat, err = integer()
 	case "max_open_conns":
 		h.MaxOpenConns, err = integer()
-	case "max_concurrent_closes":
-		h.MaxConcurrentCloses, err = integer()
+	case "db_concurrency":
+		h.DBConcurrency, err = integer()
 	default:
 		return d.Errf("unrecognized subdirective %q", name)
 	}

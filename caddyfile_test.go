@@ -59,8 +59,8 @@ func TestCaddyfileValid(t *testing.T) {
 	db_timeout 3s
 	compat 6
 	max_open_conns 32
-	max_concurrent_closes 8
-}`, `{"compat":6,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_concurrent_closes":8,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`},
+	db_concurrency 8
+}`, `{"compat":6,"db_concurrency":8,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`},
 		{"limiter off, compat 7, decimal size", "rocketchat_voip {\n dsn x@/y\n rate_limit off\n compat 7\n max_body 512KB\n}", `{"compat":7,"dsn":"x@/y","handler":"rocketchat_voip","max_body":512000,"rate_limit":{"off":true}}`},
 		{"several servers", "rocketchat_voip {\n dsn \"gw@tcp(db1:3306,db2:3306)/rc\"\n}", `{"dsn":"gw@tcp(db1:3306,db2:3306)/rc","handler":"rocketchat_voip"}`},
 	}
@@ -128,7 +128,7 @@ func TestConfigRules(t *testing.T) {
 		{"negative login_expiration", "login_expiration -1h", `"login_expiration":-3600000000000`, "login_expiration: must not be negative"},
 		{"relative path", "path api", `"path":"api"`, "path: must start with /"},
 		{"negative max_open_conns", "max_open_conns -1", `"max_open_conns":-1`, "max_open_conns: must not be negative"},
-		{"negative max_concurrent_closes", "max_concurrent_closes -2", `"max_concurrent_closes":-2`, "max_concurrent_closes: must not be negative"},
+		{"negative db_concurrency", "db_concurrency -2", `"db_concurrency":-2`, "db_concurrency: must not be negative"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

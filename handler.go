@@ -125,6 +125,18 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
 	hashed := auth.HashLoginToken(token)
 	dbStart := time.Now()
+	// At most db_concurrency requests work on the database at once; the rest
+	// wait here, within db_timeout. A database serves a few concurrent
+	// requests best and loses throughput to contention past that.
+	select {
+	case h.dbSlots <- struct{}{}:
+	case <-ctx.Done():
+		st.dbTime += time.Since(dbStart)
+		st.err = fmt.Errorf("waiting for a database slot: %w", ctx.Err())
+		h.respondDatabaseError(r, respond)
+		return
+	}
+	defer func() { <-h.dbSlots }()
 	var (
 		creds auth.Credentials
 		found roomstore.Found
@@ -185,7 +197,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		Comment:      p.Comment,
 	}
 	dbStart = time.Now()
-	_, err = h.closeRoom(ctx, stores.rooms, req, found)
+	_, err = stores.rooms.CloseFound(ctx, req, found)
 	st.dbTime += time.Since(dbStart)
 	switch {
 	case err == nil:
@@ -200,19 +212,6 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		st.err = err
 		h.respondDatabaseError(r, respond)
 	}
-}
-
-// closeRoom runs the close when one of the handler's close slots is free,
-// waiting for one within ctx: past max_concurrent_closes, more concurrent
-// transactions only contend inside the database.
-func (h *Handler) closeRoom(ctx context.Context, rooms *roomstore.Store, req roomstore.CloseRequest, found roomstore.Found) (roomstore.Result, error) {
-	select {
-	case h.closeSlots <- struct{}{}:
-	case <-ctx.Done():
-		return roomstore.Result{}, fmt.Errorf("waiting for a close slot: %w", ctx.Err())
-	}
-	defer func() { <-h.closeSlots }()
-	return rooms.CloseFound(ctx, req, found)
 }
 
 // statusClientClosed is what the access log shows for a request whose client

@@ -29,16 +29,16 @@ func init() {
 
 // Defaults, all Rocket.Chat's where Rocket.Chat has one.
 const (
-	defaultPath                = "/api/v1/voip/room.close"
-	defaultLoginExpiration     = 90 * 24 * time.Hour // Accounts_LoginExpiration
-	defaultRateLimit           = 10                  // API_Enable_Rate_Limiter_Limit_Calls_Default
-	defaultRateLimitWindow     = time.Minute         // API_Enable_Rate_Limiter_Limit_Time_Default
-	defaultMaxBody             = 1 << 20
-	maxMaxBody                 = 1 << 40
-	defaultDBTimeout           = 3 * time.Second
-	defaultCompat              = 6
-	defaultMaxOpenConns        = 64
-	defaultMaxConcurrentCloses = 16
+	defaultPath            = "/api/v1/voip/room.close"
+	defaultLoginExpiration = 90 * 24 * time.Hour // Accounts_LoginExpiration
+	defaultRateLimit       = 10                  // API_Enable_Rate_Limiter_Limit_Calls_Default
+	defaultRateLimitWindow = time.Minute         // API_Enable_Rate_Limiter_Limit_Time_Default
+	defaultMaxBody         = 1 << 20
+	maxMaxBody             = 1 << 40
+	defaultDBTimeout       = 3 * time.Second
+	defaultCompat          = 6
+	defaultMaxOpenConns    = 64
+	defaultDBConcurrency   = 16
 )
 
 // Handler answers Rocket.Chat's POST /api/v1/voip/room.close from MySQL and
@@ -106,19 +106,18 @@ type Handler struct {
 	// with the same DSN. Default: 64.
 	MaxOpenConns int `json:"max_open_conns,omitempty"`
 
-	// MaxConcurrentCloses bounds the closes (the room lookup and the
-	// transaction) this handler runs on the database at once; more wait
-	// their turn, within db_timeout. A database serves a few concurrent
-	// transactions best, and loses throughput to lock and CPU contention
-	// when every client's is let in at once. Default: 16.
-	MaxConcurrentCloses int `json:"max_concurrent_closes,omitempty"`
+	// DBConcurrency bounds the handled requests that work on the database
+	// at once; more wait their turn, within db_timeout. A database serves a
+	// few concurrent requests best and loses throughput to lock and CPU
+	// contention when every client's is let in at once. Default: 16.
+	DBConcurrency int `json:"db_concurrency,omitempty"`
 
 	logger     *zap.Logger
 	poolKey    string
 	pool       *dbPool
 	limiterKey string
 	limiter    *ratelimit.Limiter
-	closeSlots chan struct{}
+	dbSlots    chan struct{}
 	// unauthorized is the 401 body chosen by Compat.
 	unauthorized []byte
 }
@@ -174,8 +173,8 @@ func (h *Handler) validateValues() error {
 		return fmt.Errorf("compat: must be 6 or 7, not %d", h.Compat)
 	case h.MaxOpenConns < 0:
 		return fmt.Errorf("max_open_conns: must not be negative, not %d", h.MaxOpenConns)
-	case h.MaxConcurrentCloses < 0:
-		return fmt.Errorf("max_concurrent_closes: must not be negative, not %d", h.MaxConcurrentCloses)
+	case h.DBConcurrency < 0:
+		return fmt.Errorf("db_concurrency: must not be negative, not %d", h.DBConcurrency)
 	}
 	return nil
 }
@@ -202,8 +201,8 @@ func (h *Handler) applyDefaults() {
 	if h.MaxOpenConns == 0 {
 		h.MaxOpenConns = defaultMaxOpenConns
 	}
-	if h.MaxConcurrentCloses == 0 {
-		h.MaxConcurrentCloses = defaultMaxConcurrentCloses
+	if h.DBConcurrency == 0 {
+		h.DBConcurrency = defaultDBConcurrency
 	}
 }
 
@@ -275,7 +274,7 @@ func (h *Handler) provisionRest() error {
 		}
 		h.limiter = val.(*ratelimit.Limiter)
 	}
-	h.closeSlots = make(chan struct{}, h.MaxConcurrentCloses)
+	h.dbSlots = make(chan struct{}, h.DBConcurrency)
 	h.unauthorized = bodyUnauthorized6
 	if h.Compat == 7 {
 		h.unauthorized = bodyUnauthorized7

@@ -152,12 +152,12 @@ func TestStallAtTransactionEdges(t *testing.T) {
 	}
 }
 
-// TestCloseSlotsBoundTheDatabaseWork: with max_concurrent_closes 1, a close
+// TestCloseSlotsBoundTheDatabaseWork: with db_concurrency 1, a close
 // stuck on a row lock holds the only slot; a close of another, free room
 // waits for that slot rather than joining the pile-up in the database, and
 // goes through once the stuck close gives up at its db_timeout.
 func TestCloseSlotsBoundTheDatabaseWork(t *testing.T) {
-	e := newEnv(t, "db_timeout 700ms", "max_concurrent_closes 1", "rate_limit off")
+	e := newEnv(t, "db_timeout 700ms", "db_concurrency 1", "rate_limit off")
 	e.db.AddRoom(t, "FREE", e.visitor, time.Now().UTC(), nil)
 	ctx := context.Background()
 	holder, err := e.db.BeginTx(ctx, nil)

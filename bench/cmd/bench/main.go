@@ -207,7 +207,7 @@ http://%s {
 			}
 			oldRows = append(oldRows, oldVsNew(s.name, best(o), best(n)))
 		}
-		oldRows = append(oldRows, fmt.Sprintf("| new: closes/s at 64 and 256 conns over its own at 16 | | %.2f and %.2f (≥ 0.95) | |",
+		oldRows = append(oldRows, fmt.Sprintf("| new: closes/s at 64 and 256 conns over its own at 16 (≥ 0.95) | | %.2f and %.2f | | | | | |",
 			closeNew[64].RPS/closeNew[16].RPS, closeNew[256].RPS/closeNew[16].RPS))
 	}
 
@@ -240,8 +240,8 @@ http://%s {
 	}
 	if len(oldRows) > 0 {
 		fmt.Println()
-		fmt.Println("| scenario (o): this build vs -old | old req/s | new req/s | new / old | old p50 / p99 ms | new p50 / p99 ms | new CPU µs/req (Caddy / db) |")
-		fmt.Println("|---|---|---|---|---|---|---|")
+		fmt.Println("| scenario (o): this build vs -old | old req/s | new req/s | new / old | old p50 / p99 ms | new p50 / p99 ms | old / new CPU µs/req (Caddy + db) | unexpected answers old / new |")
+		fmt.Println("|---|---|---|---|---|---|---|---|")
 		for _, r := range oldRows {
 			fmt.Println(r)
 		}
@@ -416,6 +416,6 @@ func rss(pid int) int {
 }
 
 func oldVsNew(name string, o, n result) string {
-	return fmt.Sprintf("| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f | %.0f / %.0f |",
-		name, o.RPS, n.RPS, n.RPS/o.RPS, o.P50, o.P99, n.P50, n.P99, n.ServerCPU, n.DBCPU)
+	return fmt.Sprintf("| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f | %.0f / %.0f | %d / %d |",
+		name, o.RPS, n.RPS, n.RPS/o.RPS, o.P50, o.P99, n.P50, n.P99, o.ServerCPU+o.DBCPU, n.ServerCPU+n.DBCPU, o.Non2xx+o.SocketErrors, n.Non2xx+n.SocketErrors)
 }
