@@ -43,7 +43,7 @@ var (
 	rounds   = flag.Int("rounds", 2, "A/B rounds per scenario")
 	memory   = flag.Int("memory-requests", 1000000, "requests of mixed outcomes for the RSS check (0: skip)")
 	rooms    = flag.Int("rooms", 150000, "rooms to seed (each close run reopens them and starts again from the first)")
-	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,mem); empty: all")
+	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,o,x,mem); empty: all")
 	admin    = flag.Bool("admin", false, "enable Caddy's admin API on "+adminAddr+", for /debug/pprof while a scenario runs")
 	oldBin   = flag.String("old", "", "a Caddy built from an older commit, for scenario o (old vs new); bench/run.sh sets it from BENCH_OLD")
 )
@@ -211,6 +211,11 @@ http://%s {
 			closeNew[64].RPS/closeNew[16].RPS, closeNew[256].RPS/closeNew[16].RPS))
 	}
 
+	outboxRow := ""
+	if want("x") {
+		outboxRow = outboxScenario()
+	}
+
 	fmt.Println("| scenario | baseline | baseline req/s | module req/s | ratio (target) | baseline p50 / p99 ms | module p50 / p99 ms | p99 ratio |")
 	fmt.Println("|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {
@@ -237,6 +242,12 @@ http://%s {
 		after := rss(caddyPid)
 		fmt.Printf("\nMemory: Caddy RSS %.1f MiB after warm-up, %.1f MiB after %d more requests of mixed outcomes (%+.1f%%)\n",
 			float64(before)/1024, float64(after)/1024, total-warm.Requests, 100*(float64(after)/float64(before)-1))
+	}
+	if outboxRow != "" {
+		fmt.Println()
+		fmt.Println("| scenario | closes | outbox | pending |")
+		fmt.Println("|---|---|---|---|")
+		fmt.Println(outboxRow)
 	}
 	if len(oldRows) > 0 {
 		fmt.Println()
