@@ -50,8 +50,8 @@ const (
 	credentialWhere = `WHERE t.user_id = ? AND t.hashed_token = ?`
 )
 
-// CredentialsQuery is the credentials lookup with more columns (no
-// placeholders) and more joins; pass its arguments with QueryArgs.
+// CredentialsQuery is the credentials lookup with more columns and more
+// joins; pass its arguments with QueryArgs.
 func CredentialsQuery(columns, joins string) string {
 	q := "SELECT " + credentialColumns
 	if columns != "" {
@@ -65,7 +65,8 @@ func CredentialsQuery(columns, joins string) string {
 }
 
 // QueryArgs orders the arguments of a CredentialsQuery: the permissions,
-// then the joins' own, then the user and the token's hash.
+// then those of the extra columns and joins, then the user and the token's
+// hash.
 func QueryArgs(userID, hashedToken string, joinArgs ...any) []any {
 	args := make([]any, 0, 4+len(joinArgs))
 	args = append(args, PermissionInboundVoipCalls, PermissionBypassRateLimitAPI)
