@@ -113,34 +113,58 @@ func (d *Deliverer) once(ctx context.Context) int {
 		}
 		return 0
 	}
-	var wg sync.WaitGroup
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		delivered []Event
+	)
 	batchCtx := context.WithoutCancel(ctx)
 	for _, e := range events {
-		wg.Go(func() { d.deliver(batchCtx, owner, e) })
+		wg.Go(func() {
+			if d.deliver(batchCtx, owner, e) {
+				mu.Lock()
+				delivered = append(delivered, e)
+				mu.Unlock()
+			}
+		})
 	}
 	wg.Wait()
+	// One statement records the batch's deliveries. A gateway that dies
+	// before it has them sent again by another after the lease: the
+	// documented duplicates.
+	markCtx, cancel := context.WithTimeout(batchCtx, 5*time.Second)
+	defer cancel()
+	ids := make([]int64, len(delivered))
+	for i, e := range delivered {
+		ids[i] = e.ID
+	}
+	if err := d.store.MarkDelivered(markCtx, ids, owner, d.now()); err != nil {
+		d.obs.Error("recording deliveries", err)
+		return len(events)
+	}
+	for _, e := range delivered {
+		d.obs.Delivered(e)
+	}
 	return len(events)
 }
 
-func (d *Deliverer) deliver(ctx context.Context, owner string, e Event) {
+// deliver POSTs e and reports whether the receiver took it; a failure is
+// recorded at once (with its backoff, or parked).
+func (d *Deliverer) deliver(ctx context.Context, owner string, e Event) bool {
 	err := d.post(ctx, e)
+	if err == nil {
+		return true
+	}
 	markCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	now := d.now()
-	if err == nil {
-		if merr := d.store.MarkDelivered(markCtx, e.ID, owner, now); merr != nil {
-			d.obs.Error("recording a delivery", merr)
-			return
-		}
-		d.obs.Delivered(e)
-		return
-	}
 	parked, merr := d.store.MarkFailed(markCtx, e, owner, now, now.Add(d.backoff(e.Attempts+1)), d.cfg.MaxAttempts, err.Error())
 	if merr != nil {
 		d.obs.Error("recording a failed delivery", merr)
-		return
+		return false
 	}
 	d.obs.Failed(e, err, parked)
+	return false
 }
 
 // backoff is the wait after the attempt-th failure: exponential, capped,

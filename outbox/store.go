@@ -55,7 +55,7 @@ WHERE id IN (%s) AND delivery_state = 'pending' AND (claim_until IS NULL OR clai
 WHERE claimed_by = ? AND delivery_state = 'pending' ORDER BY id`
 
 	deliveredSQL = `UPDATE room_events SET delivery_state = 'delivered', delivered_at = ?, claimed_by = NULL, claim_until = NULL
-WHERE id = ? AND claimed_by = ?`
+WHERE claimed_by = ? AND id IN (%s)`
 
 	// failedSQL records a failed attempt: parked once attempts reach the
 	// maximum, otherwise due again at next_attempt_at. attempts is assigned
@@ -77,9 +77,9 @@ WHERE id = ? AND claimed_by = ?`
 
 // Store holds the outbox's prepared statements.
 type Store struct {
-	db                                            *sql.DB
-	candidates, claimed, delivered, failed, stats *sql.Stmt
-	all                                           []*sql.Stmt // for Close
+	db                                 *sql.DB
+	candidates, claimed, failed, stats *sql.Stmt
+	all                                []*sql.Stmt // for Close
 }
 
 // NewStore prepares the outbox statements on db.
@@ -89,7 +89,6 @@ func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	s.all, err = sqlstmt.Prepare(ctx, db, map[**sql.Stmt]string{
 		&s.candidates: candidatesSQL,
 		&s.claimed:    claimedSQL,
-		&s.delivered:  deliveredSQL,
 		&s.failed:     failedSQL,
 		&s.stats:      statusSQL,
 	})
@@ -151,9 +150,18 @@ func (s *Store) Claim(ctx context.Context, owner string, now time.Time, lease ti
 	return events, rows.Err()
 }
 
-// MarkDelivered records a delivery of an event claimed by owner.
-func (s *Store) MarkDelivered(ctx context.Context, id int64, owner string, now time.Time) error {
-	_, err := s.delivered.ExecContext(ctx, now, id, owner)
+// MarkDelivered records the deliveries of events claimed by owner, in one
+// statement for the batch (prepared per call, as its IN list varies).
+func (s *Store) MarkDelivered(ctx context.Context, ids []int64, owner string, now time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := make([]any, 0, 2+len(ids))
+	args = append(args, now, owner)
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	_, err := s.db.ExecContext(ctx, fmt.Sprintf(deliveredSQL, strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")), args...)
 	return err
 }
 
