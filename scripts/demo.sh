@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on this machine: build Caddy with the module, find
 # or start MariaDB/MySQL, migrate, seed demo data, start Caddy in front of a
-# stand-in upstream, and close a voip room with curl, printing each response.
+# stand-in upstream, and close a voip room with curl, printing each response,
+# the rows, and the outbox's delivery of the close to a webhook.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT_DIR"
@@ -63,5 +64,14 @@ dbtool query "$ROCKETCHAT_VOIP_DSN" "SELECT id, open, closed_at, closer, closed_
   call_waiting_time, call_total_hold_time, visitor_status, msgs, last_message_id, tags FROM rooms WHERE id = 'demo-room'"
 dbtool query "$ROCKETCHAT_VOIP_DSN" "SELECT id, t, msg, user_id, username, ts FROM messages WHERE rid = 'demo-room'"
 dbtool query "$ROCKETCHAT_VOIP_DSN" "SELECT id, type, payload FROM room_events WHERE rid = 'demo-room'"
+
+printf '\n--- the outbox app delivered the close to the webhook (the stand-in logs what it received)\n'
+for _ in $(seq 50); do
+  [ "$(dbtool query "$ROCKETCHAT_VOIP_DSN" "SELECT COUNT(*) FROM room_events WHERE rid = 'demo-room' AND delivery_state = 'pending'" | tr -d ' ')" = 0 ] && break
+  sleep 0.1
+done
+dbtool query "$ROCKETCHAT_VOIP_DSN" "SELECT id, delivery_state, attempts, delivered_at FROM room_events WHERE rid = 'demo-room'"
+grep 'webhook:' "$TMP_DIR/demo-upstream.log" | tail -1
+"$BIN_DIR/caddy" rocketchat-voip outbox status
 
 say "demo done; Caddy's log is in $TMP_DIR/demo-caddy.log"
