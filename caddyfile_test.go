@@ -149,3 +149,51 @@ func TestConfigRules(t *testing.T) {
 		})
 	}
 }
+
+// The outbox app's global option adapts to its JSON, and its errors name
+// the line.
+func TestOutboxOption(t *testing.T) {
+	out, err := testcaddy.Adapt(`{
+	rocketchat_voip_outbox {
+		dsn x@/y
+		webhook https://crm.example.com/hooks/voip {
+			secret {env.SECRET}
+			timeout 5s
+		}
+		max_attempts 4
+		backoff 2s 1m
+		batch 32
+		lease 20s
+		poll_interval 100ms
+	}
+}
+:8080 {
+	respond ok
+}
+`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"dsn":"x@/y","webhook":{"url":"https://crm.example.com/hooks/voip","secret":"{env.SECRET}","timeout":5000000000},"max_attempts":4,"backoff_base":2000000000,"backoff_max":60000000000,"batch":32,"lease":20000000000,"poll_interval":100000000}`
+	if got := string(cfg.Apps["rocketchat_voip_outbox"]); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	for _, c := range []struct{ name, block, want string }{
+		{"no webhook", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t}", "webhook is required"},
+		{"bad duration", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tlease soon\n\t}", `lease: not a duration: "soon"`},
+		{"lease shorter than the timeout", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/ {\n\t\t\ttimeout 30s\n\t\t}\n\t\tlease 10s\n\t}", "lease must be longer than the webhook timeout"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := testcaddy.Adapt("{\n\t" + c.block + "\n}\n:8080 {\n\trespond ok\n}\n")
+			if err == nil || !strings.Contains(err.Error(), c.want) || !regexp.MustCompile(`Caddyfile:\d+`).MatchString(err.Error()) {
+				t.Fatalf("got %v, want an error naming the line and containing %q", err, c.want)
+			}
+		})
+	}
+}

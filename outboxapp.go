@@ -271,20 +271,26 @@ func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.ArgErr()
 	}
 	duration := func() (caddy.Duration, error) {
+		name := d.Val()
 		if !d.NextArg() {
 			return 0, d.ArgErr()
 		}
 		v, err := caddy.ParseDuration(d.Val())
 		if err != nil {
-			return 0, d.Errf("%s: not a duration: %q", d.Val(), d.Val())
+			return 0, d.Errf("%s: not a duration: %q", name, d.Val())
 		}
 		return caddy.Duration(v), nil
 	}
 	integer := func() (int, error) {
+		name := d.Val()
 		if !d.NextArg() {
 			return 0, d.ArgErr()
 		}
-		return strconv.Atoi(d.Val())
+		n, err := strconv.Atoi(d.Val())
+		if err != nil {
+			return 0, d.Errf("%s: not a whole number: %q", name, d.Val())
+		}
+		return n, nil
 	}
 	for d.NextBlock(0) {
 		var err error
@@ -311,7 +317,7 @@ func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 					return nil, d.Errf("unrecognized webhook subdirective %q", d.Val())
 				}
 				if err != nil {
-					return nil, d.Err(err.Error())
+					return nil, err
 				}
 			}
 		case "max_attempts":
@@ -319,8 +325,16 @@ func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		case "batch":
 			o.Batch, err = integer()
 		case "backoff":
-			if o.BackoffBase, err = duration(); err == nil {
-				o.BackoffMax, err = duration()
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return nil, d.Err("backoff takes '<first wait> <longest wait>'")
+			}
+			for i, dst := range []*caddy.Duration{&o.BackoffBase, &o.BackoffMax} {
+				v, perr := caddy.ParseDuration(args[i])
+				if perr != nil {
+					return nil, d.Errf("backoff: not a duration: %q", args[i])
+				}
+				*dst = caddy.Duration(v)
 			}
 		case "lease":
 			o.Lease, err = duration()
@@ -330,7 +344,7 @@ func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			return nil, d.Errf("unrecognized subdirective %q", d.Val())
 		}
 		if err != nil {
-			return nil, d.Err(err.Error())
+			return nil, err
 		}
 	}
 	if err := o.Validate(); err != nil {
