@@ -97,6 +97,13 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// Credentials that can name no login token cost no query.
+	userID, token := singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token")
+	if !auth.Askable(userID, token) {
+		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
+		return
+	}
+
 	if !h.pool.acquire() {
 		// Only a request of a config already cleaned up, whose DSN no newer
 		// config uses, gets here.
@@ -117,11 +124,6 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	// The body is parsed first (no I/O) so that, when it is valid, one query
 	// reads the credentials, the permissions and the room together; its
 	// error is answered in its turn, after authentication and the limiter.
-	userID, token := singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token")
-	if !auth.Askable(userID, token) {
-		respond(http.StatusUnauthorized, OutcomeUnauthorized, h.unauthorized)
-		return
-	}
 	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
 	hashed := auth.HashLoginToken(token)
 	dbStart := time.Now()
