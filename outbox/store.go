@@ -185,9 +185,13 @@ type Status struct {
 
 // Status counts pending and parked events.
 func (s *Store) Status(ctx context.Context) (Status, error) {
+	return scanStatus(s.stats.QueryRowContext(ctx))
+}
+
+func scanStatus(row *sql.Row) (Status, error) {
 	var st Status
 	var oldest sql.NullTime
-	err := s.stats.QueryRowContext(ctx).Scan(&st.Pending, &st.Parked, &oldest)
+	err := row.Scan(&st.Pending, &st.Parked, &oldest)
 	st.OldestPending = oldest.Time
 	return st, err
 }
@@ -208,9 +212,5 @@ WHERE id >= ? AND (delivery_state = 'parked' OR (? = FALSE AND delivery_state = 
 
 // ReadStatus is Status for a caller without a Store (the command line).
 func ReadStatus(ctx context.Context, db *sql.DB) (Status, error) {
-	var st Status
-	var oldest sql.NullTime
-	err := db.QueryRowContext(ctx, statusSQL).Scan(&st.Pending, &st.Parked, &oldest)
-	st.OldestPending = oldest.Time
-	return st, err
+	return scanStatus(db.QueryRowContext(ctx, statusSQL))
 }
