@@ -232,35 +232,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	setupCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if h.Migrate {
-		applied, err := schema.Migrate(setupCtx, h.pool.DB)
-		if err != nil {
-			return fmt.Errorf("migrating %s: %w", cfg, err)
+	ready, err := h.ensureSchema(ctx, setupCtx, cfg.String())
+	if err != nil {
+		return err
+	}
+	if ready {
+		if err := h.pool.prepare(setupCtx); err != nil {
+			return fmt.Errorf("preparing statements on %s: %w", cfg, err)
 		}
-		if len(applied) > 0 {
-			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
-		}
-	} else if err := schema.Check(setupCtx, h.pool.DB); errors.As(err, new(*schema.OutdatedError)) {
-		// Another site of this config may migrate this database after us:
-		// the schema gate decides once all of them are provisioned.
-		gate, err := ctx.App(schemaGateID)
-		if err != nil {
-			return err
-		}
-		gate.(*schemaGate).checkLater(h.pool)
-		return h.provisionRest()
-	} else if err != nil {
-		return fmt.Errorf("%s: %w", cfg, err)
 	}
 
-	if err := h.pool.prepare(setupCtx); err != nil {
-		return fmt.Errorf("preparing statements on %s: %w", cfg, err)
-	}
-	return h.provisionRest()
-}
-
-// provisionRest sets up what needs no database connection.
-func (h *Handler) provisionRest() error {
 	if !h.RateLimit.Off {
 		// The counts outlive a reload that keeps the same limit on the same
 		// route and database; a changed limit starts afresh.
@@ -280,6 +261,37 @@ func (h *Handler) provisionRest() error {
 		h.unauthorized = bodyUnauthorized7
 	}
 	return nil
+}
+
+// ensureSchema migrates the database (with migrate) or checks that its
+// schema is current, and reports whether the statements can be prepared
+// now. An outdated schema without migrate is not yet an error: another site
+// of this config may migrate the database after this one is provisioned,
+// so the schema gate decides once all of them are.
+func (h *Handler) ensureSchema(ctx caddy.Context, setupCtx context.Context, where string) (ready bool, err error) {
+	if h.Migrate {
+		applied, err := schema.Migrate(setupCtx, h.pool.DB)
+		if err != nil {
+			return false, fmt.Errorf("migrating %s: %w", where, err)
+		}
+		if len(applied) > 0 {
+			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
+		}
+		return true, nil
+	}
+	err = schema.Check(setupCtx, h.pool.DB)
+	if errors.As(err, new(*schema.OutdatedError)) {
+		gate, err := ctx.App(schemaGateID)
+		if err != nil {
+			return false, err
+		}
+		gate.(*schemaGate).checkLater(h.pool)
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", where, err)
+	}
+	return true, nil
 }
 
 // Cleanup releases this config's hold on the pool; the last holder closes it.

@@ -5,7 +5,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
 	"sync/atomic"
 	"time"
 
@@ -234,5 +233,4 @@ var (
 	_ driver.Connector = (*Connector)(nil)
 	_ mysqlConn        = (*conn)(nil)
 	_ driver.Tx        = (*tx)(nil)
-	_ io.Closer        = (*conn)(nil)
 )

@@ -74,48 +74,12 @@ func main() {
 	if *admin {
 		adminLine = "admin " + adminAddr
 	}
-	caddyfile := filepath.Join(os.TempDir(), "rocketchat-voip-bench.Caddyfile")
-	os.WriteFile(caddyfile, []byte(fmt.Sprintf(`{
-	%s
-	auto_https off
-	persist_config off
-	log {
-		output discard
-	}
-}
-http://%s {
-	rocketchat_voip {
-		dsn %q
-		rate_limit off
-		max_open_conns 64
-	}
+	caddy := startCaddy(bin("caddy"), "rocketchat-voip-bench", adminLine, moduleSite(moduleAddr)+fmt.Sprintf(`http://%s {
 	reverse_proxy %s
 }
-http://%s {
-	reverse_proxy %s
-}
-`, adminLine, moduleAddr, *dsn, upstreamAddr, plainAddr, upstreamAddr)), 0o600)
-	caddy := start(bin("caddy"), "run", "--config", caddyfile, "--adapter", "caddyfile")
+`, plainAddr, upstreamAddr))
 	if *oldBin != "" {
-		oldfile := filepath.Join(os.TempDir(), "rocketchat-voip-bench-old.Caddyfile")
-		os.WriteFile(oldfile, []byte(fmt.Sprintf(`{
-	admin off
-	auto_https off
-	persist_config off
-	log {
-		output discard
-	}
-}
-http://%s {
-	rocketchat_voip {
-		dsn %q
-		rate_limit off
-		max_open_conns 64
-	}
-	reverse_proxy %s
-}
-`, oldAddr, *dsn, upstreamAddr)), 0o600)
-		old := start(*oldBin, "run", "--config", oldfile, "--adapter", "caddyfile")
+		old := startCaddy(*oldBin, "rocketchat-voip-bench-old", "admin off", moduleSite(oldAddr))
 		oldPid = old.Process.Pid
 		waitFor(oldAddr)
 	}
@@ -429,4 +393,34 @@ func rss(pid int) int {
 func oldVsNew(name string, o, n result) string {
 	return fmt.Sprintf("| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f | %.0f / %.0f | %d / %d |",
 		name, o.RPS, n.RPS, n.RPS/o.RPS, o.P50, o.P99, n.P50, n.P99, o.ServerCPU+o.DBCPU, n.ServerCPU+n.DBCPU, o.Non2xx+o.SocketErrors, n.Non2xx+n.SocketErrors)
+}
+
+// moduleSite is a site with the module in front of the bench upstream, as
+// every scenario configures it.
+func moduleSite(addr string) string {
+	return fmt.Sprintf(`http://%s {
+	rocketchat_voip {
+		dsn %q
+		rate_limit off
+		max_open_conns 64
+	}
+	reverse_proxy %s
+}
+`, addr, *dsn, upstreamAddr)
+}
+
+// startCaddy writes a Caddyfile (quiet, no HTTPS, with extra global
+// options) in the temporary directory and runs bin on it.
+func startCaddy(bin, name, globals, sites string) *exec.Cmd {
+	file := filepath.Join(os.TempDir(), name+".Caddyfile")
+	os.WriteFile(file, []byte(fmt.Sprintf(`{
+	auto_https off
+	persist_config off
+	log {
+		output discard
+	}
+	%s
+}
+%s`, globals, sites)), 0o600)
+	return start(bin, "run", "--config", file, "--adapter", "caddyfile")
 }

@@ -4,8 +4,6 @@ import (
 	"database/sql"
 	"fmt"
 	"log"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -30,31 +28,13 @@ func outboxScenario() string {
 	if _, err := db.Exec("UPDATE room_events SET delivery_state = 'delivered' WHERE delivery_state <> 'delivered'"); err != nil {
 		log.Fatal(err)
 	}
-	file := filepath.Join(os.TempDir(), "rocketchat-voip-bench-outbox.Caddyfile")
-	os.WriteFile(file, []byte(fmt.Sprintf(`{
-	admin off
-	auto_https off
-	persist_config off
-	log {
-		output discard
-	}
+	c := startCaddy(bin("caddy"), "rocketchat-voip-bench-outbox", fmt.Sprintf(`admin off
 	rocketchat_voip_outbox {
 		dsn %q
 		webhook http://%s/hooks/voip {
 			secret bench
 		}
-	}
-}
-http://%s {
-	rocketchat_voip {
-		dsn %q
-		rate_limit off
-		max_open_conns 64
-	}
-	reverse_proxy %s
-}
-`, *dsn, upstreamAddr, outboxAddr, *dsn, upstreamAddr)), 0o600)
-	c := start(bin("caddy"), "run", "--config", file, "--adapter", "caddyfile")
+	}`, *dsn, upstreamAddr), moduleSite(outboxAddr))
 	waitFor(outboxAddr)
 	defer c.Process.Kill()
 
