@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/closerhint"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
 )
@@ -29,6 +30,9 @@ type dbPool struct {
 
 	// stores holds the prepared statements, nil until the schema is in place.
 	stores atomic.Pointer[stores]
+	// closers are the credentials that recently closed rooms through this
+	// pool: the handler reads credentials and room in one query for them.
+	closers *closerhint.Set
 
 	mu      sync.Mutex
 	active  int  // requests in flight
@@ -114,7 +118,7 @@ func sharedPool(ctx context.Context, dsn string) (*dbPool, string, *dbconnect.Co
 		if err != nil {
 			return nil, err
 		}
-		return &dbPool{DB: db, name: cfg.String()}, nil
+		return &dbPool{DB: db, name: cfg.String(), closers: closerhint.New()}, nil
 	})
 	if err != nil {
 		return nil, "", nil, err

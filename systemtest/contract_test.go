@@ -565,6 +565,27 @@ func TestForbidden(t *testing.T) {
 	expect(t, e.do(t, http.MethodPost, closePath, h, closeBody(e.roomID, e.visitor.Token)), 200, `{"rid":"ROOM1","success":true}`)
 }
 
+// TestKnownCloserRevoked: a token that has just closed a room is read with
+// the room in one query from then on (see TestRoundTrips), but the database
+// still decides: a logout or a role taken away is honoured on the next
+// request, and nothing is written.
+func TestKnownCloserRevoked(t *testing.T) {
+	e := newEnv(t)
+	e.db.AddRoom(t, "ROOM2", e.visitor, e.roomTs, nil)
+	expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), 200, `{"rid":"ROOM1","success":true}`)
+	before := e.snapshot(t)
+
+	e.db.Exec(t, "DELETE FROM user_roles WHERE user_id = ? AND role = 'livechat-agent'", e.agent.ID)
+	expect(t, e.post(t, closeBody("ROOM2", e.visitor.Token)), 403, body403)
+	e.db.Exec(t, "INSERT INTO user_roles (user_id, role) VALUES (?, 'livechat-agent')", e.agent.ID)
+	e.db.Exec(t, "DELETE FROM user_login_tokens WHERE user_id = ?", e.agent.ID)
+	expect(t, e.post(t, closeBody("ROOM2", e.visitor.Token)), 401, body401)
+	e.expectUnchanged(t, before)
+	if r := e.room(t, "ROOM2"); !r.open || r.msgs != 3 {
+		t.Fatalf("ROOM2 changed: open %v, msgs %d", r.open, r.msgs)
+	}
+}
+
 func TestInvalidTokenRoomAndClosed(t *testing.T) {
 	e := newEnv(t)
 	other := e.db.AddVisitor(t, "visitor2")
@@ -680,14 +701,21 @@ func stopCaddy(t *testing.T) {
 // TestRoundTrips counts the commands the gateway sends MySQL per outcome
 // (through the proxy, on one warm connection): a close is one read and its
 // transaction (BEGIN, UPDATE, two INSERTs, COMMIT), whether or not the room
-// has PBX events; a rejection is the one read.
+// has PBX events; a rejection is the one read. The first close of a token
+// through a gateway reads the credentials and the room apart (7), as every
+// request of a token not known to close rooms does.
 func TestRoundTrips(t *testing.T) {
 	e, proxy := newProxiedEnv(t, "max_open_conns 1", "rate_limit off")
 	e.db.AddRoom(t, "WARM", e.visitor, time.Now().UTC(), nil)
 	e.db.AddRoom(t, "CALL", e.visitor, time.Now().UTC(), "call-1")
 	e.db.Exec(t, "INSERT INTO pbx_events (id, unique_id, event, call_unique_id, hold_time, ts) VALUES ('p1', 'u1', 'AgentConnect', 'call-1', '3', ?)", time.Now().UTC())
 	plain := e.db.AddUser(t, "plain", "user")
-	expect(t, e.post(t, closeBody("WARM", e.visitor.Token)), 200, `{"rid":"WARM","success":true}`) // prepares the statements on the connection
+	e.db.AddRoom(t, "WARM2", e.visitor, time.Now().UTC(), nil)
+	e.db.AddRoom(t, "FIRST", e.visitor, time.Now().UTC(), nil)
+	newAgent := e.db.AddUser(t, "agent2", "livechat-agent")
+	// Two closes prepare the statements of both paths on the connection.
+	expect(t, e.post(t, closeBody("WARM", e.visitor.Token)), 200, `{"rid":"WARM","success":true}`)
+	expect(t, e.post(t, closeBody("WARM2", e.visitor.Token)), 200, `{"rid":"WARM2","success":true}`)
 	cases := []struct {
 		name    string
 		send    func() response
@@ -707,6 +735,15 @@ func TestRoundTrips(t *testing.T) {
 		{"forbidden", func() response {
 			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": plain.ID, "X-Auth-Token": plain.Token, "Content-Type": "application/json"}, closeBody("WARM", e.visitor.Token))
 		}, 403, 1},
+		{"forbidden again", func() response {
+			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": plain.ID, "X-Auth-Token": plain.Token, "Content-Type": "application/json"}, closeBody("WARM", e.visitor.Token))
+		}, 403, 1},
+		{"first close of a token", func() response {
+			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": newAgent.ID, "X-Auth-Token": newAgent.Token, "Content-Type": "application/json"}, closeBody("FIRST", e.visitor.Token))
+		}, 200, 7},
+		{"a known closer's rejection", func() response {
+			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": newAgent.ID, "X-Auth-Token": newAgent.Token, "Content-Type": "application/json"}, closeBody("FIRST", e.visitor.Token))
+		}, 400, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
