@@ -159,9 +159,22 @@ func main() {
 			closeOld[conns], closeNew[conns] = best(o), best(n)
 			oldRows = append(oldRows, oldVsNew(fmt.Sprintf("room.close successes, %d conns", conns), closeOld[conns], closeNew[conns]))
 		}
+		// Rooms whose call has PBX events, as a real voip room's has (old
+		// read them in a query of their own).
+		{
+			var o, n []result
+			for r := 0; r < *rounds; r++ {
+				run(bin("bench-seed"), "-dsn", *dsn, "-reopen")
+				o = append(o, wrk(oldPid, oldAddr, 16, "close.lua", "0", "2", "CALL"))
+				run(bin("bench-seed"), "-dsn", *dsn, "-reopen")
+				n = append(n, wrk(caddyPid, moduleAddr, 16, "close.lua", "0", "2", "CALL"))
+			}
+			oldRows = append(oldRows, oldVsNew("room.close successes, rooms with PBX events, 16 conns", best(o), best(n)))
+		}
 		for _, s := range []struct{ name, script string }{
 			{"pass-through GET, 64 conns", "get.lua"},
 			{"401 random tokens, 64 conns", "unauthorized.lua"},
+			{"403, 64 conns", "forbidden.lua"},
 			{"400 validation failures, 64 conns", "invalid.lua"},
 		} {
 			var o, n []result
