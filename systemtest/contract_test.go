@@ -104,6 +104,14 @@ func (e *env) post(t *testing.T, body string) response {
 	}, body)
 }
 
+// postAs sends a room.close with another user's credentials.
+func (e *env) postAs(t *testing.T, u testdb.Agent, body string) response {
+	t.Helper()
+	return e.do(t, http.MethodPost, closePath, map[string]string{
+		"X-User-Id": u.ID, "X-Auth-Token": u.Token, "Content-Type": "application/json",
+	}, body)
+}
+
 func (e *env) do(t *testing.T, method, path string, headers map[string]string, body string) response {
 	t.Helper()
 	req, err := http.NewRequest(method, e.caddy.BaseURL+path, strings.NewReader(body))
@@ -732,18 +740,10 @@ func TestRoundTrips(t *testing.T) {
 			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": "nope"}, closeBody(e.roomID, e.visitor.Token))
 		}, 401, 1},
 		{"no credentials", func() response { return e.do(t, http.MethodPost, closePath, nil, closeBody(e.roomID, e.visitor.Token)) }, 401, 0},
-		{"forbidden", func() response {
-			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": plain.ID, "X-Auth-Token": plain.Token, "Content-Type": "application/json"}, closeBody("WARM", e.visitor.Token))
-		}, 403, 1},
-		{"forbidden again", func() response {
-			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": plain.ID, "X-Auth-Token": plain.Token, "Content-Type": "application/json"}, closeBody("WARM", e.visitor.Token))
-		}, 403, 1},
-		{"first close of a token", func() response {
-			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": newAgent.ID, "X-Auth-Token": newAgent.Token, "Content-Type": "application/json"}, closeBody("FIRST", e.visitor.Token))
-		}, 200, 7},
-		{"a known closer's rejection", func() response {
-			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": newAgent.ID, "X-Auth-Token": newAgent.Token, "Content-Type": "application/json"}, closeBody("FIRST", e.visitor.Token))
-		}, 400, 1},
+		{"forbidden", func() response { return e.postAs(t, plain, closeBody("WARM", e.visitor.Token)) }, 403, 1},
+		{"forbidden again", func() response { return e.postAs(t, plain, closeBody("WARM", e.visitor.Token)) }, 403, 1},
+		{"first close of a token", func() response { return e.postAs(t, newAgent, closeBody("FIRST", e.visitor.Token)) }, 200, 7},
+		{"a known closer's rejection", func() response { return e.postAs(t, newAgent, closeBody("FIRST", e.visitor.Token)) }, 400, 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
