@@ -127,18 +127,27 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
 	hashed := auth.HashLoginToken(token)
 	dbStart := time.Now()
-	// At most db_concurrency requests work on the database at once; the rest
-	// wait here, within db_timeout. A database serves a few concurrent
-	// requests best and loses throughput to contention past that.
-	select {
-	case h.dbSlots <- struct{}{}:
-	case <-ctx.Done():
+	// Only so many requests work on the database at once (db_concurrency,
+	// adapted to the database's round-trip time); the rest wait here, within
+	// db_timeout. A database serves a few concurrent requests best and
+	// loses throughput to contention past that.
+	if err := h.dbLimit.Acquire(ctx); err != nil {
 		st.dbTime += time.Since(dbStart)
-		st.err = fmt.Errorf("waiting for a database slot: %w", ctx.Err())
+		st.err = fmt.Errorf("waiting for a database slot: %w", err)
 		h.respondDatabaseError(r, respond)
 		return
 	}
-	defer func() { <-h.dbSlots }()
+	slotFrom, roundTrips := time.Now(), 0
+	defer func() {
+		switch st.outcome {
+		case OutcomeUnavailable:
+			h.dbLimit.ReleaseFailed()
+		case OutcomeRoomClosed: // read alone, or a transaction that found it closed: unknown
+			h.dbLimit.Release(0, 0)
+		default:
+			h.dbLimit.Release(time.Since(slotFrom), roundTrips)
+		}
+	}()
 	var (
 		creds    auth.Credentials
 		found    roomstore.Found
@@ -159,6 +168,7 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 		h.respondDatabaseError(r, respond)
 		return
 	}
+	roundTrips++
 
 	// 1. authentication
 	user, err := stores.auth.Verify(creds, userID, hashed, time.Duration(h.LoginExpiration))
@@ -211,10 +221,14 @@ func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
 	}
 	dbStart = time.Now()
 	if !roomRead {
-		found, err = stores.rooms.Read(ctx, p.Rid, p.Token)
+		if found, err = stores.rooms.Read(ctx, p.Rid, p.Token); err == nil {
+			roundTrips++
+		}
 	}
 	if err == nil {
-		_, err = stores.rooms.CloseFound(ctx, req, found)
+		if _, err = stores.rooms.CloseFound(ctx, req, found); err == nil {
+			roundTrips += 5 // BEGIN, UPDATE, two INSERTs, COMMIT
+		}
 	}
 	st.dbTime += time.Since(dbStart)
 	switch {

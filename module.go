@@ -19,6 +19,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
@@ -107,11 +108,14 @@ type Handler struct {
 	MaxOpenConns int `json:"max_open_conns,omitempty"`
 
 	// DBConcurrency bounds the handled requests that work on the database
-	// at once; more wait their turn, within db_timeout. A database serves a
-	// few concurrent requests best and loses throughput to lock and CPU
-	// contention when every client's is let in at once. Default: 8, which
-	// is still thousands of closes a second per gateway at sub-millisecond
-	// round trips, and hundreds at 20 ms.
+	// at once while the database queues; more wait their turn, within
+	// db_timeout. A database serves a few concurrent requests best and
+	// loses throughput to lock and CPU contention when every client's is
+	// let in at once. While round trips take less than twice as long as the
+	// fastest lately (a database a few milliseconds away, where requests
+	// spend their time on the wire), the bound rises, up to max_open_conns;
+	// it falls back as they slow down, and halves when database work fails.
+	// Set it to max_open_conns for a fixed bound. Default: 8.
 	DBConcurrency int `json:"db_concurrency,omitempty"`
 
 	logger     *zap.Logger
@@ -119,7 +123,7 @@ type Handler struct {
 	pool       *dbPool
 	limiterKey string
 	limiter    *ratelimit.Limiter
-	dbSlots    chan struct{}
+	dbLimit    *dblimit.Limiter
 	// unauthorized is the 401 body chosen by Compat.
 	unauthorized []byte
 }
@@ -257,7 +261,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.limiter = val.(*ratelimit.Limiter)
 	}
-	h.dbSlots = make(chan struct{}, h.DBConcurrency)
+	h.dbLimit = dblimit.New(h.DBConcurrency, h.MaxOpenConns)
 	h.unauthorized = bodyUnauthorized6
 	if h.Compat == 7 {
 		h.unauthorized = bodyUnauthorized7

@@ -3,7 +3,8 @@
 # plain Caddy, and vs the same SQL run directly, on loopback with wrk.
 #   bash bench/run.sh                 # everything, 10s runs, 2 A/B rounds
 #   BENCH_ARGS='-d 5s -only a,e' bash bench/run.sh
-#   BENCH_OLD=<commit> bash bench/run.sh   # also scenario o: this build vs Caddy built from <commit>
+#   BENCH_OLD=<commit> bash bench/run.sh   # also scenarios o and r: this build vs Caddy built from <commit>
+#                                          (r: with the database a network hop away)
 # Prints a Markdown table (see the README's performance section).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
@@ -23,6 +24,7 @@ go build -o "$BIN_DIR/bench-upstream" ./bench/cmd/upstream
 go build -o "$BIN_DIR/bench-seed" ./bench/cmd/seed
 go build -o "$BIN_DIR/bench-directsql" ./bench/cmd/directsql
 go build -o "$BIN_DIR/bench-run" ./bench/cmd/bench
+go build -o "$BIN_DIR/bench-delayproxy" ./bench/cmd/delayproxy
 OLD_ARGS=()
 if [ -n "${BENCH_OLD:-}" ]; then
   say "building Caddy with the module as of $BENCH_OLD"

@@ -43,9 +43,11 @@ var (
 	rounds   = flag.Int("rounds", 2, "A/B rounds per scenario")
 	memory   = flag.Int("memory-requests", 1000000, "requests of mixed outcomes for the RSS check (0: skip)")
 	rooms    = flag.Int("rooms", 150000, "rooms to seed (each close run reopens them and starts again from the first)")
-	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,o,x,mem); empty: all")
+	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,o,r,x,mem); empty: all")
 	admin    = flag.Bool("admin", false, "enable Caddy's admin API on "+adminAddr+", for /debug/pprof while a scenario runs")
-	oldBin   = flag.String("old", "", "a Caddy built from an older commit, for scenario o (old vs new); bench/run.sh sets it from BENCH_OLD")
+	oldBin   = flag.String("old", "", "a Caddy built from an older commit, for scenarios o and r (old vs new); bench/run.sh sets it from BENCH_OLD")
+	dbDelay  = flag.Duration("db-delay", time.Millisecond, "scenario r: delay bench-delayproxy adds each way between Caddy and MariaDB (Go's timers make 1ms about 2.3 ms of round trip)")
+	remoteDC = flag.String("remote-db-concurrency", "0,32", "scenario r: db_concurrency settings of this build to run (0: the default)")
 )
 
 const (
@@ -55,6 +57,9 @@ const (
 	lookupAddr   = "127.0.0.1:18182" // directsql -http: the lookup behind bare net/http
 	adminAddr    = "127.0.0.1:18199"
 	oldAddr      = "127.0.0.1:18183" // the module built from -old
+	delayAddr    = "127.0.0.1:18190" // bench-delayproxy in front of MariaDB, scenario r
+	remoteOld    = "127.0.0.1:18184" // scenario r: the module built from -old, through the delay
+	remoteNew    = "127.0.0.1:18185" // scenario r: this build, through the delay (one per setting, upwards)
 )
 
 // The processes whose CPU time is counted per run.
@@ -188,6 +193,14 @@ func main() {
 			closeNew[64].RPS/closeNew[16].RPS, closeNew[256].RPS/closeNew[16].RPS))
 	}
 
+	// (r) the database a network hop away, as from an edge node: both builds
+	// reach MariaDB through bench-delayproxy, so a close pays its round
+	// trips in latency and not only in CPU.
+	var remoteRows []string
+	if want("r") && *oldBin != "" {
+		remoteRows = remoteScenario()
+	}
+
 	outboxRow := ""
 	if want("x") {
 		outboxRow = outboxScenario()
@@ -225,6 +238,14 @@ func main() {
 		fmt.Println("| scenario | closes | outbox | pending |")
 		fmt.Println("|---|---|---|---|")
 		fmt.Println(outboxRow)
+	}
+	if len(remoteRows) > 0 {
+		fmt.Println()
+		fmt.Printf("| scenario (r): database %v each way away, this build vs -old | old req/s | new req/s | new / old | old p50 / p99 ms | new p50 / p99 ms | old / new CPU µs/req (Caddy + db) | unexpected answers old / new |\n", *dbDelay)
+		fmt.Println("|---|---|---|---|---|---|---|---|")
+		for _, r := range remoteRows {
+			fmt.Println(r)
+		}
 	}
 	if len(oldRows) > 0 {
 		fmt.Println()
@@ -410,16 +431,21 @@ func oldVsNew(name string, o, n result) string {
 
 // moduleSite is a site with the module in front of the bench upstream, as
 // every scenario configures it.
-func moduleSite(addr string) string {
+func moduleSite(addr string) string { return moduleSiteWith(addr, *dsn, "") }
+
+// moduleSiteWith is moduleSite with another DSN and extra lines in the
+// rocketchat_voip block.
+func moduleSiteWith(addr, dsn, extra string) string {
 	return fmt.Sprintf(`http://%s {
 	rocketchat_voip {
 		dsn %q
 		rate_limit off
 		max_open_conns 64
+		%s
 	}
 	reverse_proxy %s
 }
-`, addr, *dsn, upstreamAddr)
+`, addr, dsn, extra, upstreamAddr)
 }
 
 // startCaddy writes a Caddyfile (quiet, no HTTPS, with extra global

@@ -1,0 +1,165 @@
+// Package dblimit bounds the requests that work on the database at once and
+// adapts the bound to how fast the database answers.
+//
+// A fixed bound that suits a database on the same rack throttles one that is
+// a few milliseconds away: there a request spends most of its time on the
+// wire, and the database could serve many more at once. So the limit starts
+// at a floor and moves with the time per round trip, the way latency-based
+// congestion control does:
+//
+//   - it rises by one while the limit is in use and round trips take less
+//     than Tolerance times the fastest seen lately (the database is not
+//     queueing);
+//   - it falls by one while they take longer, never below the floor;
+//   - it halves, down to the floor, when a request's database work fails
+//     (a timeout, a lost connection);
+//   - it never passes the ceiling.
+//
+// The floor is the bound for a database that queues even at light load (the
+// same machine, a small server): the limit then stays at the floor.
+package dblimit
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+const (
+	// Tolerance is how much slower than the fastest recent round trip the
+	// average may be before the limit stops rising and starts falling.
+	Tolerance = 2.0
+	// minWindow is how long the fastest round trip is remembered (two
+	// windows are kept), so that a slower network path is learnt.
+	minWindow = 30 * time.Second
+	// minBatch is the fewest samples averaged before the limit moves.
+	minBatch = 8
+)
+
+// Limiter hands out slots in arrival order. The zero value is not usable;
+// use New.
+type Limiter struct {
+	floor, ceiling int
+	now            func() time.Time
+
+	mu       sync.Mutex
+	limit    int
+	inFlight int
+	waiters  []chan struct{} // in arrival order; closed when handed a slot
+
+	sum        time.Duration // per-round-trip samples since the last move
+	n          int
+	busy       bool // the limit was reached since the last move
+	minCur     time.Duration
+	minPrev    time.Duration
+	windowFrom time.Time
+}
+
+// New returns a limiter between floor and ceiling (ceiling below floor is
+// taken as floor, a fixed bound), starting at floor.
+func New(floor, ceiling int) *Limiter {
+	floor = max(floor, 1)
+	return &Limiter{floor: floor, ceiling: max(floor, ceiling), limit: floor, now: time.Now}
+}
+
+// Limit is the current limit.
+func (l *Limiter) Limit() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.limit
+}
+
+// Acquire waits for a slot, in arrival order, until ctx is done. Every nil
+// return must be followed by one Release or ReleaseFailed.
+func (l *Limiter) Acquire(ctx context.Context) error {
+	l.mu.Lock()
+	if l.inFlight < l.limit && len(l.waiters) == 0 {
+		l.inFlight++
+		l.busy = l.busy || l.inFlight >= l.limit
+		l.mu.Unlock()
+		return nil
+	}
+	l.busy = true
+	ready := make(chan struct{})
+	l.waiters = append(l.waiters, ready)
+	l.mu.Unlock()
+
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	for i, w := range l.waiters {
+		if w == ready {
+			l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
+			l.mu.Unlock()
+			return ctx.Err()
+		}
+	}
+	// Handed a slot just as ctx ended: give it back.
+	l.inFlight--
+	l.handOff()
+	l.mu.Unlock()
+	return ctx.Err()
+}
+
+// Release returns a slot held for held, during which the request made
+// roundTrips round trips to the database (0: nothing to learn from, such as
+// a request whose client went away).
+func (l *Limiter) Release(held time.Duration, roundTrips int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if roundTrips > 0 {
+		l.sample(held / time.Duration(roundTrips))
+	}
+	l.inFlight--
+	l.handOff()
+}
+
+// ReleaseFailed returns the slot of a request whose database work failed:
+// the limit halves, down to the floor.
+func (l *Limiter) ReleaseFailed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.limit = max(l.floor, l.limit/2)
+	l.sum, l.n, l.busy = 0, 0, false
+	l.inFlight--
+	l.handOff()
+}
+
+func (l *Limiter) sample(perRoundTrip time.Duration) {
+	now := l.now()
+	if now.Sub(l.windowFrom) > minWindow {
+		l.minPrev, l.minCur, l.windowFrom = l.minCur, 0, now
+	}
+	if l.minCur == 0 || perRoundTrip < l.minCur {
+		l.minCur = perRoundTrip
+	}
+	l.sum += perRoundTrip
+	l.n++
+	if l.n < max(minBatch, l.limit) {
+		return
+	}
+	fastest := l.minCur
+	if l.minPrev > 0 && l.minPrev < fastest {
+		fastest = l.minPrev
+	}
+	average := l.sum / time.Duration(l.n)
+	switch {
+	case float64(average) > Tolerance*float64(fastest):
+		l.limit = max(l.floor, l.limit-1)
+	case l.busy:
+		l.limit = min(l.ceiling, l.limit+1)
+	}
+	l.sum, l.n, l.busy = 0, 0, l.inFlight >= l.limit
+}
+
+// handOff gives free slots to the longest waiting requests.
+func (l *Limiter) handOff() {
+	for l.inFlight < l.limit && len(l.waiters) > 0 {
+		close(l.waiters[0])
+		l.waiters = l.waiters[1:]
+		l.inFlight++
+	}
+}

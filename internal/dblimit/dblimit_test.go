@@ -1,0 +1,172 @@
+package dblimit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fill takes every slot the limiter gives, then releases them all, each
+// with the given time per round trip: one full round of demand.
+func fill(t *testing.T, l *Limiter, perRoundTrip time.Duration) {
+	t.Helper()
+	n := l.Limit()
+	for range n {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range n {
+		l.Release(3*perRoundTrip, 3)
+	}
+}
+
+func TestLimitRisesWhileRoundTripsStayFast(t *testing.T) {
+	l := New(2, 10)
+	for range 100 {
+		fill(t, l, time.Millisecond)
+	}
+	if got := l.Limit(); got != 10 {
+		t.Fatalf("limit %d after fast rounds at full demand, want the ceiling 10", got)
+	}
+	// Round trips three times slower than the fastest: the database queues.
+	for range 100 {
+		fill(t, l, 3*time.Millisecond)
+	}
+	if got := l.Limit(); got != 2 {
+		t.Fatalf("limit %d after slow rounds, want the floor 2", got)
+	}
+}
+
+func TestLimitStaysWithoutDemand(t *testing.T) {
+	l := New(4, 64)
+	for range 200 {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		l.Release(time.Millisecond, 1) // one request at a time never reaches the limit
+	}
+	if got := l.Limit(); got != 4 {
+		t.Fatalf("limit %d with one request at a time, want 4", got)
+	}
+}
+
+func TestFixedWhenCeilingIsFloor(t *testing.T) {
+	l := New(8, 8)
+	for range 50 {
+		fill(t, l, time.Millisecond)
+	}
+	if got := l.Limit(); got != 8 {
+		t.Fatalf("limit %d, want 8", got)
+	}
+}
+
+func TestFailureHalvesDownToFloor(t *testing.T) {
+	l := New(3, 40)
+	for range 200 {
+		fill(t, l, time.Millisecond)
+	}
+	if got := l.Limit(); got != 40 {
+		t.Fatalf("limit %d, want 40", got)
+	}
+	for _, want := range []int{20, 10, 5, 3, 3} {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		l.ReleaseFailed()
+		if got := l.Limit(); got != want {
+			t.Fatalf("limit %d after a failure, want %d", got, want)
+		}
+	}
+}
+
+func TestWaitersGoInArrivalOrderAndGiveUpAtTheirDeadline(t *testing.T) {
+	l := New(1, 1)
+	if err := l.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 3)
+	var wg sync.WaitGroup
+	wait := func(name string, ctx context.Context) {
+		defer wg.Done()
+		if err := l.Acquire(ctx); err != nil {
+			order <- name + ":" + err.Error()
+			return
+		}
+		order <- name
+		l.Release(time.Millisecond, 1)
+	}
+	wg.Add(3)
+	go wait("first", context.Background())
+	waitForWaiters(t, l, 1)
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	go wait("impatient", short)
+	waitForWaiters(t, l, 2)
+	go wait("third", context.Background())
+	waitForWaiters(t, l, 3)
+	if got := <-order; got != "impatient:"+context.DeadlineExceeded.Error() {
+		t.Fatalf("got %q, want the impatient waiter to give up first", got)
+	}
+	l.Release(time.Millisecond, 1)
+	wg.Wait()
+	if a, b := <-order, <-order; a != "first" || b != "third" {
+		t.Fatalf("slots went to %q then %q, want first then third", a, b)
+	}
+}
+
+func waitForWaiters(t *testing.T, l *Limiter, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		got := len(l.waiters)
+		l.mu.Unlock()
+		if got == n {
+			return
+		}
+	}
+	t.Fatalf("never saw %d waiters", n)
+}
+
+// TestNeverMoreThanTheLimit runs many requests with mixed outcomes and
+// cancellations and checks that no more hold a slot at once than the
+// ceiling allows, and that every slot comes back.
+func TestNeverMoreThanTheLimit(t *testing.T) {
+	l := New(2, 6)
+	var holding, most atomic.Int32
+	var wg sync.WaitGroup
+	for i := range 64 {
+		wg.Go(func() {
+			for j := range 200 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+(i+j)%3)*time.Millisecond)
+				err := l.Acquire(ctx)
+				cancel()
+				if errors.Is(err, context.DeadlineExceeded) {
+					continue
+				}
+				n := holding.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+				time.Sleep(time.Duration(j%2) * 100 * time.Microsecond)
+				holding.Add(-1)
+				if j%17 == 0 {
+					l.ReleaseFailed()
+				} else {
+					l.Release(100*time.Microsecond, 1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if m := most.Load(); m > 6 {
+		t.Fatalf("%d requests held a slot at once, ceiling 6", m)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inFlight != 0 || len(l.waiters) != 0 {
+		t.Fatalf("after all requests: %d in flight, %d waiting", l.inFlight, len(l.waiters))
+	}
+}
