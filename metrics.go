@@ -24,6 +24,7 @@ var metrics struct {
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
 	dbDuration      prometheus.Histogram
+	dbLimit         *prometheus.GaugeVec
 	pool            prometheus.Collector
 
 	// per outcome, resolved once so the request path does no label lookup
@@ -53,6 +54,10 @@ func initMetrics() {
 			Help:    "Time a room.close request spent waiting on MySQL.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		})
+		metrics.dbLimit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "db_concurrency_limit",
+			Help: "Requests a handler lets work on the database at once now (db_concurrency, adapted to the round-trip time).",
+		}, []string{"database", "path"})
 		metrics.pool = poolCollector{
 			open:   prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_open_connections"), "Open connections of the MySQL pool.", []string{"database"}, nil),
 			inUse:  prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_in_use_connections"), "Connections of the MySQL pool in use.", []string{"database"}, nil),
@@ -73,7 +78,7 @@ func registerMetrics(registry *prometheus.Registry) error {
 	if registry == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool} {
+	for _, c := range []prometheus.Collector{metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.dbLimit, metrics.pool} {
 		if err := registry.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -262,6 +262,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.limiter = val.(*ratelimit.Limiter)
 	}
 	h.dbLimit = dblimit.New(h.DBConcurrency, h.MaxOpenConns)
+	limitGauge := metrics.dbLimit.WithLabelValues(h.pool.name, h.Path)
+	limitGauge.Set(float64(h.DBConcurrency))
+	h.dbLimit.OnChange = func(n int) { limitGauge.Set(float64(n)) }
 	h.unauthorized = bodyUnauthorized6
 	if h.Compat == 7 {
 		h.unauthorized = bodyUnauthorized7

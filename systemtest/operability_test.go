@@ -82,6 +82,12 @@ func TestMetrics(t *testing.T) {
 	if after[open] < 1 {
 		t.Errorf("%s = %v; series: %v", open, after[open], after)
 	}
+	// A handful of requests one at a time never fill the bound: it stays at
+	// db_concurrency's default.
+	limit := fmt.Sprintf(`caddy_rocketchat_voip_db_concurrency_limit{database="tcp(%s)/%s",path="/api/v1/voip/room.close"}`, e.db.Cfg.Addr, e.db.Name)
+	if after[limit] != 8 {
+		t.Errorf("%s = %v, want 8", limit, after[limit])
+	}
 }
 
 // Every log line, at every level, is free of tokens; the debug line has the

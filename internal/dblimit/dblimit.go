@@ -42,6 +42,10 @@ type Limiter struct {
 	floor, ceiling int
 	now            func() time.Time
 
+	// OnChange, when set before first use, is called with each new limit
+	// (under the limiter's lock: keep it quick, as a gauge's Set is).
+	OnChange func(limit int)
+
 	mu       sync.Mutex
 	limit    int
 	inFlight int
@@ -122,7 +126,7 @@ func (l *Limiter) Release(held time.Duration, roundTrips int) {
 func (l *Limiter) ReleaseFailed() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.limit = max(l.floor, l.limit/2)
+	l.setLimit(max(l.floor, l.limit/2))
 	l.sum, l.n, l.busy = 0, 0, false
 	l.inFlight--
 	l.handOff()
@@ -148,11 +152,20 @@ func (l *Limiter) sample(perRoundTrip time.Duration) {
 	average := l.sum / time.Duration(l.n)
 	switch {
 	case float64(average) > Tolerance*float64(fastest):
-		l.limit = max(l.floor, l.limit-1)
+		l.setLimit(max(l.floor, l.limit-1))
 	case l.busy:
-		l.limit = min(l.ceiling, l.limit+1)
+		l.setLimit(min(l.ceiling, l.limit+1))
 	}
 	l.sum, l.n, l.busy = 0, 0, l.inFlight >= l.limit
+}
+
+func (l *Limiter) setLimit(n int) {
+	if n != l.limit {
+		l.limit = n
+		if l.OnChange != nil {
+			l.OnChange(n)
+		}
+	}
 }
 
 // handOff gives free slots to the longest waiting requests.

@@ -3,6 +3,7 @@ package dblimit
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,11 +27,16 @@ func fill(t *testing.T, l *Limiter, perRoundTrip time.Duration) {
 
 func TestLimitRisesWhileRoundTripsStayFast(t *testing.T) {
 	l := New(2, 10)
+	var seen []int
+	l.OnChange = func(n int) { seen = append(seen, n) }
 	for range 100 {
 		fill(t, l, time.Millisecond)
 	}
 	if got := l.Limit(); got != 10 {
 		t.Fatalf("limit %d after fast rounds at full demand, want the ceiling 10", got)
+	}
+	if fmt.Sprint(seen) != "[3 4 5 6 7 8 9 10]" {
+		t.Fatalf("OnChange saw %v, want each step from 3 to 10", seen)
 	}
 	// Round trips three times slower than the fastest: the database queues.
 	for range 100 {

@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"testing"
+	"time"
 )
 
 // Proxy is a TCP forwarder between the gateway and the database server that
@@ -23,7 +24,8 @@ type Proxy struct {
 	freezeOn       []byte
 	deliverTrigger bool
 
-	commands int // client commands seen (each one round trip)
+	commands int           // client commands seen (each one round trip)
+	delay    time.Duration // added to everything a client sends
 }
 
 type proxyState int
@@ -117,8 +119,11 @@ func (p *Proxy) pipe(dst, src net.Conn, toServer bool) {
 				p.setLocked(proxyFrozen)
 				deliverFirst = p.deliverTrigger
 			}
-			frozen, isFrozen := p.frozen, p.state == proxyFrozen
+			frozen, isFrozen, delay := p.frozen, p.state == proxyFrozen, p.delay
 			p.mu.Unlock()
+			if toServer && delay > 0 {
+				time.Sleep(delay)
+			}
 			if deliverFirst {
 				if _, werr := dst.Write(buf[:n]); werr != nil {
 					return
@@ -167,6 +172,14 @@ func (p *Proxy) FreezeAt(query string, deliver bool) {
 	defer p.mu.Unlock()
 	p.freezeOn = append([]byte{0x03}, query...) // COM_QUERY
 	p.deliverTrigger = deliver
+}
+
+// SetDelay holds what clients send back for d before passing it on: a
+// database farther away (Go's timers add up to a millisecond more).
+func (p *Proxy) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
 }
 
 // Up forwards again.
