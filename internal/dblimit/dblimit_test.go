@@ -25,26 +25,33 @@ func fill(t *testing.T, l *Limiter, perRoundTrip time.Duration) {
 	}
 }
 
+// rounds runs n rounds of fill.
+func rounds(t *testing.T, l *Limiter, n int, perRoundTrip time.Duration) {
+	t.Helper()
+	for range n {
+		fill(t, l, perRoundTrip)
+	}
+}
+
+func expectLimit(t *testing.T, l *Limiter, want int, after string) {
+	t.Helper()
+	if got := l.Limit(); got != want {
+		t.Fatalf("limit %d after %s, want %d", got, after, want)
+	}
+}
+
 func TestLimitRisesWhileRoundTripsStayFast(t *testing.T) {
 	l := New(2, 10)
 	var seen []int
 	l.OnChange = func(n int) { seen = append(seen, n) }
-	for range 100 {
-		fill(t, l, time.Millisecond)
-	}
-	if got := l.Limit(); got != 10 {
-		t.Fatalf("limit %d after fast rounds at full demand, want the ceiling 10", got)
-	}
+	rounds(t, l, 100, time.Millisecond)
+	expectLimit(t, l, 10, "fast rounds at full demand (the ceiling)")
 	if fmt.Sprint(seen) != "[3 4 5 6 7 8 9 10]" {
 		t.Fatalf("OnChange saw %v, want each step from 3 to 10", seen)
 	}
 	// Round trips three times slower than the fastest: the database queues.
-	for range 100 {
-		fill(t, l, 3*time.Millisecond)
-	}
-	if got := l.Limit(); got != 2 {
-		t.Fatalf("limit %d after slow rounds, want the floor 2", got)
-	}
+	rounds(t, l, 100, 3*time.Millisecond)
+	expectLimit(t, l, 2, "slow rounds (the floor)")
 }
 
 func TestLimitStaysWithoutDemand(t *testing.T) {
@@ -55,37 +62,25 @@ func TestLimitStaysWithoutDemand(t *testing.T) {
 		}
 		l.Release(time.Millisecond, 1) // one request at a time never reaches the limit
 	}
-	if got := l.Limit(); got != 4 {
-		t.Fatalf("limit %d with one request at a time, want 4", got)
-	}
+	expectLimit(t, l, 4, "one request at a time")
 }
 
 func TestFixedWhenCeilingIsFloor(t *testing.T) {
 	l := New(8, 8)
-	for range 50 {
-		fill(t, l, time.Millisecond)
-	}
-	if got := l.Limit(); got != 8 {
-		t.Fatalf("limit %d, want 8", got)
-	}
+	rounds(t, l, 50, time.Millisecond)
+	expectLimit(t, l, 8, "fast rounds with the ceiling at the floor")
 }
 
 func TestFailureHalvesDownToFloor(t *testing.T) {
 	l := New(3, 40)
-	for range 200 {
-		fill(t, l, time.Millisecond)
-	}
-	if got := l.Limit(); got != 40 {
-		t.Fatalf("limit %d, want 40", got)
-	}
+	rounds(t, l, 200, time.Millisecond)
+	expectLimit(t, l, 40, "fast rounds")
 	for _, want := range []int{20, 10, 5, 3, 3} {
 		if err := l.Acquire(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		l.ReleaseFailed()
-		if got := l.Limit(); got != want {
-			t.Fatalf("limit %d after a failure, want %d", got, want)
-		}
+		expectLimit(t, l, want, "a failure")
 	}
 }
 
