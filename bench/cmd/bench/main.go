@@ -51,15 +51,15 @@ var (
 )
 
 const (
-	upstreamAddr = "127.0.0.1:18189"
-	moduleAddr   = "127.0.0.1:18180"
-	plainAddr    = "127.0.0.1:18181"
-	lookupAddr   = "127.0.0.1:18182" // directsql -http: the lookup behind bare net/http
-	adminAddr    = "127.0.0.1:18199"
-	oldAddr      = "127.0.0.1:18183" // the module built from -old
-	delayAddr    = "127.0.0.1:18190" // bench-delayproxy in front of MariaDB, scenario r
-	remoteOld    = "127.0.0.1:18184" // scenario r: the module built from -old, through the delay
-	remoteNew    = "127.0.0.1:18185" // scenario r: this build, through the delay (one per setting, upwards)
+	upstreamAddr  = "127.0.0.1:18189"
+	moduleAddr    = "127.0.0.1:18180"
+	plainAddr     = "127.0.0.1:18181"
+	lookupAddr    = "127.0.0.1:18182" // directsql -http: the lookup behind bare net/http
+	adminAddr     = "127.0.0.1:18199"
+	oldAddr       = "127.0.0.1:18183" // the module built from -old
+	delayAddr     = "127.0.0.1:18190" // bench-delayproxy in front of MariaDB, scenario r
+	remoteOld     = "127.0.0.1:18184" // scenario r: the module built from -old, through the delay
+	remoteNewPort = 18185             // scenario r: this build, through the delay (one port per setting, upwards)
 )
 
 // The processes whose CPU time is counted per run.

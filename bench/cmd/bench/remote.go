@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"log"
-	"strconv"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
@@ -30,9 +29,8 @@ func remoteScenario() []string {
 		pid        int
 	}
 	var builds []build
-	port, _ := strconv.Atoi(strings.Split(remoteNew, ":")[1])
 	for i, dc := range strings.Split(*remoteDC, ",") {
-		addr := fmt.Sprintf("127.0.0.1:%d", port+i)
+		addr := fmt.Sprintf("127.0.0.1:%d", remoteNewPort+i)
 		extra, name := "db_concurrency "+dc, "new, db_concurrency "+dc
 		if dc == "0" {
 			extra, name = "", "new, default db_concurrency"
