@@ -14,10 +14,10 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
-	"github.com/edgevoip/caddy-rocketchat-voip/outbox"
-	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 // dsnEnv is read when --dsn is not given, so that a password need not
@@ -141,8 +141,8 @@ func checkDatabase(ctx context.Context, db *sql.DB) []string {
 		return []string{err.Error()}
 	}
 	var problems []string
-	for _, perm := range []string{auth.PermissionInboundVoipCalls, auth.PermissionBypassRateLimitAPI} {
-		n, err := auth.RolesGranting(ctx, db, perm)
+	for _, perm := range []string{store.PermissionInboundVoipCalls, store.PermissionBypassRateLimitAPI} {
+		n, err := store.RolesGranting(ctx, db, perm)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("reading permission_roles: %v", err))
 			break
@@ -171,7 +171,7 @@ read from stdin so that it never appears in a shell history or process list.`,
 			if token == "" {
 				return errors.New("no token on stdin")
 			}
-			fmt.Fprintln(c.OutOrStdout(), auth.HashLoginToken(token))
+			fmt.Fprintln(c.OutOrStdout(), store.HashLoginToken(token))
 			return nil
 		},
 	}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
 
@@ -88,7 +88,7 @@ func TestCommandErrors(t *testing.T) {
 
 func TestCommandHashTokenAndHelp(t *testing.T) {
 	out, err := run(t, "secret\n", "hash-token")
-	if err != nil || out != "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=\n" || strings.TrimSpace(out) != auth.HashLoginToken("secret") {
+	if err != nil || out != "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=\n" || strings.TrimSpace(out) != store.HashLoginToken("secret") {
 		t.Fatalf("hash-token: %v %q", err, out)
 	}
 	for _, sub := range []string{"migrate", "check", "hash-token"} {

@@ -2,11 +2,13 @@ package rocketchatvoip
 
 import (
 	"database/sql"
-	"errors"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/promutil"
 )
 
 // outcomes lists every value of the outcome label, so that each series
@@ -36,7 +38,7 @@ type outcomeMetrics struct {
 	duration prometheus.Observer
 }
 
-const metricsNamespace, metricsSubsystem = "caddy", "rocketchat_voip"
+const metricsNamespace, metricsSubsystem = promutil.Namespace, promutil.Subsystem
 
 func initMetrics() {
 	metrics.once.Do(func() {
@@ -71,22 +73,10 @@ func initMetrics() {
 	})
 }
 
-// registerMetrics adds the module's metrics to the config's registry. Several
-// handlers in one config register the same collectors; that is not an error.
+// registerMetrics adds the module's metrics to the config's registry.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	if registry == nil {
-		return nil
-	}
-	for _, c := range []prometheus.Collector{metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.dbLimit, metrics.pool} {
-		if err := registry.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
+	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.dbLimit, metrics.pool)
 }
 
 func observeRequest(outcome string, took time.Duration) {
@@ -111,18 +101,16 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	// Two DSNs may name one database (other options); report their sum.
 	byName := map[string]*sql.DBStats{}
-	pools.Range(func(_, value any) bool {
-		p := value.(*dbPool)
-		s := p.Stats()
-		if sum, ok := byName[p.name]; ok {
+	dbpool.Each(func(p *dbpool.Pool) {
+		s := p.DB().Stats()
+		if sum, ok := byName[p.Name()]; ok {
 			sum.OpenConnections += s.OpenConnections
 			sum.InUse += s.InUse
 			sum.Idle += s.Idle
 			sum.WaitCount += s.WaitCount
 		} else {
-			byName[p.name] = &s
+			byName[p.Name()] = &s
 		}
-		return true
 	})
 	for name, s := range byName {
 		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(s.OpenConnections), name)

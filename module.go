@@ -3,14 +3,16 @@
 // other request to the next handler (normally reverse_proxy to Rocket.Chat).
 //
 // The wire contract is Rocket.Chat's own; docs/contract.md states it, with
-// the MySQL schema and the deliberate differences. The package also holds the
-// rocketchat_voip_outbox app, which delivers each close to a webhook.
+// the MySQL schema and the deliberate differences. Importing the package also
+// registers the rocketchat_voip_outbox app (package outboxapp), which
+// delivers each close to a webhook.
 package rocketchatvoip
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -20,8 +22,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
-	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
+	// The outbox app comes with the handler: xcaddy --with brings both.
+	_ "github.com/edgevoip/caddy-rocketchat-voip/outboxapp"
 )
 
 func init() {
@@ -119,13 +124,13 @@ type Handler struct {
 	DBConcurrency int `json:"db_concurrency,omitempty"`
 
 	logger     *zap.Logger
-	poolKey    string
-	pool       *dbPool
+	pool       *dbpool.Pool
+	db         database
 	limiterKey string
 	limiter    *ratelimit.Limiter
 	dbLimit    *dblimit.Limiter
-	// unauthorized is the 401 body chosen by Compat.
-	unauthorized []byte
+	// replyUnauthorized is the 401 with the body chosen by Compat.
+	replyUnauthorized reply
 }
 
 // RateLimit is the rate limiter's configuration. When given, it either is
@@ -228,30 +233,30 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// The driver's own messages (dropped connections and the like) go to
 	// Caddy's log rather than bare stderr.
 	_ = mysql.SetLogger(driverLogger{h.logger.Named("mysql")})
-	pool, key, cfg, err := sharedPool(ctx, caddy.NewReplacer().ReplaceAll(h.DSN, ""))
+	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(h.DSN, ""))
 	if err != nil {
 		return err
 	}
-	h.pool, h.poolKey = pool, key
-	h.pool.SetMaxOpenConns(h.MaxOpenConns)
-	h.pool.SetMaxIdleConns(h.MaxOpenConns)
+	h.pool, h.db = pool, pooled{pool}
+	h.pool.DB().SetMaxOpenConns(h.MaxOpenConns)
+	h.pool.DB().SetMaxIdleConns(h.MaxOpenConns)
 
 	setupCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	ready, err := h.ensureSchema(ctx, setupCtx, cfg.String())
+	ready, err := h.ensureSchema(ctx, setupCtx)
 	if err != nil {
 		return err
 	}
 	if ready {
-		if err := h.pool.prepare(setupCtx); err != nil {
-			return fmt.Errorf("preparing statements on %s: %w", cfg, err)
+		if err := h.pool.Prepare(setupCtx); err != nil {
+			return fmt.Errorf("preparing statements on %s: %w", h.pool.Name(), err)
 		}
 	}
 
 	if !h.RateLimit.Off {
 		// The counts outlive a reload that keeps the same limit on the same
 		// route and database; a changed limit starts afresh.
-		h.limiterKey = fmt.Sprintf("%s %s %d/%s", h.poolKey, h.Path, h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
+		h.limiterKey = fmt.Sprintf("%s %s %d/%s", h.pool.Name(), h.Path, h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
 		val, _, err := limiters.LoadOrNew(h.limiterKey, func() (caddy.Destructor, error) {
 			return ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window)), nil
 		})
@@ -262,12 +267,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.limiter = val.(*ratelimit.Limiter)
 	}
 	h.dbLimit = dblimit.New(h.DBConcurrency, h.MaxOpenConns)
-	limitGauge := metrics.dbLimit.WithLabelValues(h.pool.name, h.Path)
+	limitGauge := metrics.dbLimit.WithLabelValues(h.pool.Name(), h.Path)
 	limitGauge.Set(float64(h.DBConcurrency))
 	h.dbLimit.OnChange = func(n int) { limitGauge.Set(float64(n)) }
-	h.unauthorized = bodyUnauthorized6
+	h.replyUnauthorized = reply{http.StatusUnauthorized, OutcomeUnauthorized, bodyUnauthorized6}
 	if h.Compat == 7 {
-		h.unauthorized = bodyUnauthorized7
+		h.replyUnauthorized.body = bodyUnauthorized7
 	}
 	return nil
 }
@@ -277,9 +282,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // now. An outdated schema without migrate is not yet an error: another site
 // of this config may migrate the database after this one is provisioned,
 // so the schema gate decides once all of them are.
-func (h *Handler) ensureSchema(ctx caddy.Context, setupCtx context.Context, where string) (ready bool, err error) {
+func (h *Handler) ensureSchema(ctx caddy.Context, setupCtx context.Context) (ready bool, err error) {
+	where := h.pool.Name()
 	if h.Migrate {
-		applied, err := schema.Migrate(setupCtx, h.pool.DB)
+		applied, err := schema.Migrate(setupCtx, h.pool.DB())
 		if err != nil {
 			return false, fmt.Errorf("migrating %s: %w", where, err)
 		}
@@ -288,7 +294,7 @@ func (h *Handler) ensureSchema(ctx caddy.Context, setupCtx context.Context, wher
 		}
 		return true, nil
 	}
-	err = schema.Check(setupCtx, h.pool.DB)
+	err = schema.Check(setupCtx, h.pool.DB())
 	if errors.As(err, new(*schema.OutdatedError)) {
 		gate, err := ctx.App(schemaGateID)
 		if err != nil {
@@ -308,9 +314,8 @@ func (h *Handler) Cleanup() error {
 	if h.limiterKey != "" {
 		limiters.Delete(h.limiterKey) //nolint:errcheck // a limiter's Destruct cannot fail
 	}
-	if h.poolKey != "" {
-		_, err := pools.Delete(h.poolKey)
-		return err
+	if h.pool != nil {
+		return h.pool.Release()
 	}
 	return nil
 }

@@ -39,14 +39,14 @@ func TestPoolSharedPerDSNAndClosedByLastUser(t *testing.T) {
 	}
 	other.Cleanup()
 	a.Cleanup()
-	if err := b.pool.Ping(); err != nil {
+	if err := b.pool.DB().Ping(); err != nil {
 		t.Fatalf("pool closed while a config still uses it: %v", err)
 	}
 	b.Cleanup()
-	if err := b.pool.Ping(); err == nil || !strings.Contains(err.Error(), "closed") {
+	if err := b.pool.DB().Ping(); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("pool still open after the last config went: %v", err)
 	}
-	if refs, ok := pools.References(b.poolKey); ok || refs != 0 {
+	if refs := b.pool.References(); refs != 0 {
 		t.Fatalf("pool entry left behind: %d", refs)
 	}
 }

@@ -8,7 +8,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 )
 
 func init() {
@@ -26,7 +27,7 @@ const schemaGateID = "rocketchat_voip_schema"
 // check waits for the app's Start, which Caddy runs after all provisioning.
 type schemaGate struct {
 	mu      sync.Mutex
-	pending []*dbPool
+	pending []*dbpool.Pool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -38,7 +39,7 @@ func (*schemaGate) CaddyModule() caddy.ModuleInfo {
 }
 
 // checkLater queues the schema check and statement preparation of pool.
-func (g *schemaGate) checkLater(pool *dbPool) {
+func (g *schemaGate) checkLater(pool *dbpool.Pool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.pending = append(g.pending, pool)
@@ -52,11 +53,11 @@ func (g *schemaGate) Start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for _, pool := range g.pending {
-		if err := schema.Check(ctx, pool.DB); err != nil {
-			return fmt.Errorf("%s: %w", pool.name, err)
+		if err := schema.Check(ctx, pool.DB()); err != nil {
+			return fmt.Errorf("%s: %w", pool.Name(), err)
 		}
-		if err := pool.prepare(ctx); err != nil {
-			return fmt.Errorf("preparing statements on %s: %w", pool.name, err)
+		if err := pool.Prepare(ctx); err != nil {
+			return fmt.Errorf("preparing statements on %s: %w", pool.Name(), err)
 		}
 	}
 	g.pending = nil

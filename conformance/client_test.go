@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 type clientCall struct {
@@ -52,8 +52,8 @@ func TestRocketChatRESTClient(t *testing.T) {
 	// stored without going through our HashLoginToken.
 	const rcToken = "rc-login-token-Zq1"
 	rcHash := strings.TrimSpace(node(t, "client.mjs", "hash", rcToken))
-	if rcHash != auth.HashLoginToken(rcToken) {
-		t.Fatalf("Rocket.Chat's hash %s differs from ours %s", rcHash, auth.HashLoginToken(rcToken))
+	if rcHash != store.HashLoginToken(rcToken) {
+		t.Fatalf("Rocket.Chat's hash %s differs from ours %s", rcHash, store.HashLoginToken(rcToken))
 	}
 	g.db.Exec(t, "INSERT INTO user_login_tokens (user_id, hashed_token, type, created_at) VALUES (?, ?, 'resume', ?)", g.agent.ID, rcHash, time.Now().UTC())
 	viewer := g.db.AddUser(t, "viewer", "user")

@@ -20,7 +20,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testcaddy"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
@@ -348,9 +348,9 @@ const (
 func TestUnauthorized(t *testing.T) {
 	e := newEnv(t)
 	other := e.db.AddUser(t, "agent2", "livechat-agent")
-	e.db.AddToken(t, e.agent.ID, "expired-resume", auth.TokenTypeResume, time.Now().UTC().Add(-91*24*time.Hour))
-	e.db.AddToken(t, e.agent.ID, "old-pat", auth.TokenTypePersonalAccessToken, time.Now().UTC().Add(-900*24*time.Hour))
-	e.db.AddToken(t, e.agent.ID, "fresh-enough", auth.TokenTypeResume, time.Now().UTC().Add(-89*24*time.Hour))
+	e.db.AddToken(t, e.agent.ID, "expired-resume", store.TokenTypeResume, time.Now().UTC().Add(-91*24*time.Hour))
+	e.db.AddToken(t, e.agent.ID, "old-pat", store.TokenTypePersonalAccessToken, time.Now().UTC().Add(-900*24*time.Hour))
+	e.db.AddToken(t, e.agent.ID, "fresh-enough", store.TokenTypeResume, time.Now().UTC().Add(-89*24*time.Hour))
 	valid := closeBody(e.roomID, e.visitor.Token)
 	before := e.snapshot(t)
 
@@ -368,7 +368,7 @@ func TestUnauthorized(t *testing.T) {
 		{"user id in another case", map[string]string{"X-User-Id": strings.ToUpper(e.agent.ID), "X-Auth-Token": e.agent.Token}},
 		{"token in another case", map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": strings.ToUpper(e.agent.Token)}},
 		{"expired resume token", map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": "expired-resume"}},
-		{"the hash instead of the token", map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": auth.HashLoginToken(e.agent.Token)}},
+		{"the hash instead of the token", map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": store.HashLoginToken(e.agent.Token)}},
 		{"bad body too", map[string]string{"X-User-Id": e.agent.ID}},
 	}
 	for _, c := range cases {
@@ -436,7 +436,7 @@ func TestRepeatedCredentialHeaders(t *testing.T) {
 
 func TestUnauthorizedCompat7AndLoginExpiration(t *testing.T) {
 	e := newEnv(t, "compat 7", "login_expiration 1h")
-	e.db.AddToken(t, e.agent.ID, "two-hours-old", auth.TokenTypeResume, time.Now().UTC().Add(-2*time.Hour))
+	e.db.AddToken(t, e.agent.ID, "two-hours-old", store.TokenTypeResume, time.Now().UTC().Add(-2*time.Hour))
 	got := e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": "two-hours-old"}, `{}`)
 	expect(t, got, 401, body401v7)
 }

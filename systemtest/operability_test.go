@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 // scrape returns the samples of the module's metrics on Caddy's /metrics.
@@ -106,7 +106,7 @@ func TestLogsAndPlaceholders(t *testing.T) {
 			"\tlog_append voip_rid {http.rocketchat_voip.rid}\n%s", accessLog, handlers)
 	}
 	e, proxy := startEnv(t, envOptions{proxied: true, globals: globals, site: site, extra: []string{"db_timeout 500ms", "max_body 2KiB"}})
-	secrets := []string{e.agent.Token, auth.HashLoginToken(e.agent.Token), e.visitor.Token}
+	secrets := []string{e.agent.Token, store.HashLoginToken(e.agent.Token), e.visitor.Token}
 
 	e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": e.agent.Token + "x"}, "{}")
 	e.post(t, `{"rid":"ROOM1"}`)

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testcaddy"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
-	"github.com/edgevoip/caddy-rocketchat-voip/outbox"
 )
 
 const webhookSecret = "test-webhook-secret"

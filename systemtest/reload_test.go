@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testcaddy"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
@@ -46,7 +46,7 @@ func TestReloadsUnderLoad(t *testing.T) {
 	e.db.SetMaxIdleConns(0) // so that only the gateway's connections stay open
 	db2.SetMaxIdleConns(0)
 	db2.Exec(t, "INSERT INTO users (id, username) VALUES (?, ?)", e.agent.ID, e.agent.Username)
-	db2.Exec(t, "INSERT INTO user_login_tokens (user_id, hashed_token, created_at) VALUES (?, ?, ?)", e.agent.ID, auth.HashLoginToken(e.agent.Token), time.Now().UTC())
+	db2.Exec(t, "INSERT INTO user_login_tokens (user_id, hashed_token, created_at) VALUES (?, ?, ?)", e.agent.ID, store.HashLoginToken(e.agent.Token), time.Now().UTC())
 
 	// During a reload Caddy itself (measured without this module, plain
 	// reverse_proxy: about 2% of connections) closes some connections before

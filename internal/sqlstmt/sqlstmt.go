@@ -7,17 +7,23 @@ import (
 	"database/sql"
 )
 
-// Prepare prepares each query into the statement its key points at and
-// returns them all, for Close. On an error it closes those it prepared.
-func Prepare(ctx context.Context, db *sql.DB, queries map[**sql.Stmt]string) ([]*sql.Stmt, error) {
+// Query is one statement to prepare, and where to put it.
+type Query struct {
+	Into **sql.Stmt
+	SQL  string
+}
+
+// Prepare prepares each query into its destination and returns them all,
+// for Close. On an error it closes those it prepared.
+func Prepare(ctx context.Context, db *sql.DB, queries ...Query) ([]*sql.Stmt, error) {
 	all := make([]*sql.Stmt, 0, len(queries))
-	for dst, query := range queries {
-		stmt, err := db.PrepareContext(ctx, query)
+	for _, q := range queries {
+		stmt, err := db.PrepareContext(ctx, q.SQL)
 		if err != nil {
 			Close(all)
 			return nil, err
 		}
-		*dst = stmt
+		*q.Into = stmt
 		all = append(all, stmt)
 	}
 	return all, nil

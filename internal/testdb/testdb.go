@@ -18,8 +18,8 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
-	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 // DefaultServerDSN is the server tried when $ROCKETCHAT_VOIP_TEST_DSN is unset.
@@ -154,7 +154,7 @@ func (d *DB) AddUser(t testing.TB, id string, roles ...string) Agent {
 	t.Helper()
 	a := Agent{ID: id, Username: "user." + id, Name: "User " + id, Token: "tok-" + id + "-" + randomHex(8)}
 	d.Exec(t, "INSERT INTO users (id, username, name) VALUES (?, ?, ?)", a.ID, a.Username, a.Name)
-	d.AddToken(t, a.ID, a.Token, auth.TokenTypeResume, time.Now().UTC())
+	d.AddToken(t, a.ID, a.Token, store.TokenTypeResume, time.Now().UTC())
 	for _, r := range roles {
 		d.Exec(t, "INSERT INTO user_roles (user_id, role) VALUES (?, ?)", a.ID, r)
 	}
@@ -165,7 +165,7 @@ func (d *DB) AddUser(t testing.TB, id string, roles ...string) Agent {
 func (d *DB) AddToken(t testing.TB, userID, token, typ string, created time.Time) {
 	t.Helper()
 	d.Exec(t, "INSERT INTO user_login_tokens (user_id, hashed_token, type, created_at) VALUES (?, ?, ?, ?)",
-		userID, auth.HashLoginToken(token), typ, created)
+		userID, store.HashLoginToken(token), typ, created)
 }
 
 // Visitor is a seeded livechat visitor.

@@ -1,6 +1,6 @@
 // Command directsql is the benchmarks' database baseline: it runs exactly
 // the SQL the module runs for one scenario (the same prepared statements,
-// through the module's own auth and roomstore packages), with the same pool
+// through the module's own store package), with the same pool
 // settings and concurrency, but without HTTP or Caddy, and prints
 // throughput and latency as JSON.
 //
@@ -35,8 +35,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
-	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 func main() {
@@ -61,17 +60,13 @@ func main() {
 	db.SetMaxOpenConns(*conc) // the module's max_open_conns in the same run
 	db.SetMaxIdleConns(*conc)
 	ctx := context.Background()
-	authStore, err := auth.New(ctx, db)
-	if err != nil {
-		log.Fatal(err)
-	}
-	rooms, err := roomstore.New(ctx, db)
+	st, err := store.New(ctx, db)
 	if err != nil {
 		log.Fatal(err)
 	}
 
 	if *httpAddr != "" {
-		serveLookup(*httpAddr, authStore)
+		serveLookup(*httpAddr, st)
 		return
 	}
 
@@ -100,25 +95,25 @@ func main() {
 					// The module's close: one read of credentials and room,
 					// then the transaction.
 					rid := fmt.Sprintf("BENCH%07d", next.Add(1)-1)
-					hashed := auth.HashLoginToken(tok)
-					var creds auth.Credentials
-					var found roomstore.Found
-					creds, found, err = rooms.ReadWithCredentials(opCtx, *user, hashed, rid, "bench-visitor-token")
-					var u auth.User
+					hashed := store.HashLoginToken(tok)
+					var creds store.Credentials
+					var found store.Found
+					creds, found, err = st.ReadCredentialsAndRoom(opCtx, *user, hashed, rid, "bench-visitor-token")
+					var u store.User
 					if err == nil {
-						u, err = authStore.Verify(creds, *user, hashed, 90*24*time.Hour)
+						u, err = store.Verify(creds, *user, hashed, 90*24*time.Hour, time.Now())
 					}
 					if err == nil {
-						_, err = rooms.CloseFound(opCtx, roomstore.CloseRequest{
+						_, err = st.CloseRoom(opCtx, store.CloseRequest{
 							Rid: rid, VisitorToken: "bench-visitor-token",
-							Agent: roomstore.Agent{ID: u.ID, Username: u.Username, Name: u.Name},
+							Agent: store.Agent{ID: u.ID, Username: u.Username, Name: u.Name},
 						}, found)
 					}
 				} else {
-					_, err = authStore.Authenticate(opCtx, *user, tok, 90*24*time.Hour)
+					_, err = authenticate(opCtx, st, *user, tok)
 				}
 				cancel()
-				if err != nil && !(*randomToken && err == auth.ErrUnauthorized) {
+				if err != nil && !(*randomToken && err == store.ErrUnauthorized) {
 					failures.Add(1)
 				}
 				local = append(local, time.Since(t0))
@@ -143,7 +138,21 @@ func main() {
 	})
 }
 
-func serveLookup(addr string, authStore *auth.Store) {
+// authenticate is the module's authentication: the credentials alone, then
+// Verify.
+func authenticate(ctx context.Context, st *store.Store, userID, token string) (store.User, error) {
+	if !store.Askable(userID, token) {
+		return store.User{}, store.ErrUnauthorized
+	}
+	hashed := store.HashLoginToken(token)
+	c, err := st.ReadCredentials(ctx, userID, hashed)
+	if err != nil {
+		return store.User{}, err
+	}
+	return store.Verify(c, userID, hashed, 90*24*time.Hour, time.Now())
+}
+
+func serveLookup(addr string, st *store.Store) {
 	unauthorized := []byte(`{"status":"error","message":"You must be logged in to do this."}`)
 	forbidden := []byte(`{"success":false,"error":"unauthorized"}`)
 	invalid := []byte(`{"success":false,"error":"must be string [invalid-params]","errorType":"invalid-params"}`)
@@ -151,7 +160,7 @@ func serveLookup(addr string, authStore *auth.Store) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 		defer cancel()
-		u, err := authStore.Authenticate(ctx, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"), 90*24*time.Hour)
+		u, err := authenticate(ctx, st, r.Header.Get("X-User-Id"), r.Header.Get("X-Auth-Token"))
 		w.Header().Set("Content-Type", "application/json")
 		switch {
 		case err != nil:

@@ -16,7 +16,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/auth"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 func main() {
@@ -49,7 +49,7 @@ WHERE (id LIKE 'BENCH%' OR id LIKE 'CALL%') AND open = FALSE`)
 	}
 	exec(db, "INSERT INTO users (id, username, name) VALUES ('bench-agent', 'agent', 'Agent'), ('bench-viewer', 'viewer', 'Viewer')")
 	exec(db, "INSERT INTO user_login_tokens (user_id, hashed_token, created_at) VALUES (?, ?, ?), (?, ?, ?)",
-		"bench-agent", auth.HashLoginToken("bench-agent-token"), now, "bench-viewer", auth.HashLoginToken("bench-viewer-token"), now)
+		"bench-agent", store.HashLoginToken("bench-agent-token"), now, "bench-viewer", store.HashLoginToken("bench-viewer-token"), now)
 	exec(db, "INSERT INTO user_roles (user_id, role) VALUES ('bench-agent', 'livechat-agent'), ('bench-agent', 'user'), ('bench-viewer', 'user')")
 	exec(db, "INSERT INTO livechat_visitors (id, token, username) VALUES ('bench-visitor', 'bench-visitor-token', 'guest-1')")
 	for start := 0; start < *rooms; start += 1000 {

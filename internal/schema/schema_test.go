@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
-	"github.com/edgevoip/caddy-rocketchat-voip/schema"
 )
 
 func TestCheckAndMigrate(t *testing.T) {

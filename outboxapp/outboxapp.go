@@ -1,4 +1,7 @@
-package rocketchatvoip
+// Package outboxapp is the rocketchat_voip_outbox Caddy app: it delivers
+// the room_events outbox that the handler's closes write. The root package
+// imports it, so building Caddy with the module brings it along.
+package outboxapp
 
 import (
 	"context"
@@ -15,8 +18,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/outbox"
-	"github.com/edgevoip/caddy-rocketchat-voip/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/promutil"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 )
 
 func init() {
@@ -60,8 +65,7 @@ type Outbox struct {
 	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
 
 	logger    *zap.Logger
-	poolKey   string
-	pool      *dbPool
+	pool      *dbpool.Pool
 	store     *outbox.Store
 	deliverer *outbox.Deliverer
 	cancel    context.CancelFunc
@@ -119,18 +123,14 @@ func (o *Outbox) Provision(ctx caddy.Context) error {
 	setDefault(&o.Webhook.Timeout, caddy.Duration(10*time.Second))
 	o.logger = ctx.Logger()
 	initOutboxMetrics()
-	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		for _, c := range outboxMetrics.all() {
-			if err := reg.Register(c); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
-				return err
-			}
-		}
+	if err := promutil.Register(ctx.GetMetricsRegistry(), outboxMetrics.all()...); err != nil {
+		return err
 	}
-	pool, key, _, err := sharedPool(ctx, caddy.NewReplacer().ReplaceAll(o.DSN, ""))
+	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(o.DSN, ""))
 	if err != nil {
 		return err
 	}
-	o.pool, o.poolKey = pool, key
+	o.pool = pool
 	return nil
 }
 
@@ -139,12 +139,12 @@ func (o *Outbox) Provision(ctx caddy.Context) error {
 func (o *Outbox) Start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := schema.Check(ctx, o.pool.DB); err != nil {
-		return fmt.Errorf("%s: %w", o.pool.name, err)
+	if err := schema.Check(ctx, o.pool.DB()); err != nil {
+		return fmt.Errorf("%s: %w", o.pool.Name(), err)
 	}
-	store, err := outbox.NewStore(ctx, o.pool.DB)
+	store, err := outbox.NewStore(ctx, o.pool.DB())
 	if err != nil {
-		return fmt.Errorf("preparing outbox statements on %s: %w", o.pool.name, err)
+		return fmt.Errorf("preparing outbox statements on %s: %w", o.pool.Name(), err)
 	}
 	o.store = store
 	repl := caddy.NewReplacer()
@@ -180,9 +180,8 @@ func (o *Outbox) Stop() error {
 
 // Cleanup releases this config's hold on the pool.
 func (o *Outbox) Cleanup() error {
-	if o.poolKey != "" {
-		_, err := pools.Delete(o.poolKey)
-		return err
+	if o.pool != nil {
+		return o.pool.Release()
 	}
 	return nil
 }
@@ -233,10 +232,10 @@ var outboxMetrics outboxMetricSet
 func initOutboxMetrics() {
 	outboxMetrics.once.Do(func() {
 		counter := func(name, help string) prometheus.Counter {
-			return prometheus.NewCounter(prometheus.CounterOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help})
+			return prometheus.NewCounter(prometheus.CounterOpts{Namespace: promutil.Namespace, Subsystem: promutil.Subsystem, Name: name, Help: help})
 		}
 		gauge := func(name, help string) prometheus.Gauge {
-			return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: name, Help: help})
+			return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: promutil.Namespace, Subsystem: promutil.Subsystem, Name: name, Help: help})
 		}
 		outboxMetrics.delivered = counter("outbox_delivered_total", "Outbox events delivered (the receiver answered 2xx).")
 		outboxMetrics.failed = counter("outbox_failed_attempts_total", "Failed delivery attempts of outbox events.")

@@ -1,4 +1,4 @@
-package auth
+package store
 
 import "testing"
 
@@ -9,7 +9,7 @@ func TestHashLoginToken(t *testing.T) {
 		"secret": "K7gNU3sdo+OL0wNhqoVWhr3g6s1xYv72ol/pe/Unols=",
 		"":       "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=",
 	} {
-		if got := HashLoginToken(token); got != want || len(got) != HashedTokenLen {
+		if got := HashLoginToken(token); got != want || len(got) != hashedTokenLen {
 			t.Errorf("HashLoginToken(%q) = %s, want %s", token, got, want)
 		}
 	}

@@ -86,12 +86,12 @@ type Store struct {
 func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	s := &Store{db: db}
 	var err error
-	s.all, err = sqlstmt.Prepare(ctx, db, map[**sql.Stmt]string{
-		&s.candidates: candidatesSQL,
-		&s.claimed:    claimedSQL,
-		&s.failed:     failedSQL,
-		&s.stats:      statusSQL,
-	})
+	s.all, err = sqlstmt.Prepare(ctx, db,
+		sqlstmt.Query{Into: &s.candidates, SQL: candidatesSQL},
+		sqlstmt.Query{Into: &s.claimed, SQL: claimedSQL},
+		sqlstmt.Query{Into: &s.failed, SQL: failedSQL},
+		sqlstmt.Query{Into: &s.stats, SQL: statusSQL},
+	)
 	if err != nil {
 		return nil, err
 	}

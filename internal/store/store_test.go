@@ -1,4 +1,4 @@
-package roomstore_test
+package store_test
 
 import (
 	"context"
@@ -8,35 +8,39 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
-	"github.com/edgevoip/caddy-rocketchat-voip/roomstore"
 )
 
 type fixture struct {
 	db      *testdb.DB
-	store   *roomstore.Store
+	st      *store.Store
 	visitor testdb.Visitor
-	agent   roomstore.Agent
+	agent   store.Agent
 }
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	db := testdb.New(t)
-	store, err := roomstore.New(context.Background(), db.DB)
+	st, err := store.New(context.Background(), db.DB)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { store.Close() })
-	f := &fixture{db: db, store: store, visitor: db.AddVisitor(t, "visitor1")}
+	t.Cleanup(func() { st.Close() })
+	f := &fixture{db: db, st: st, visitor: db.AddVisitor(t, "visitor1")}
 	a := db.AddUser(t, "agent1", "livechat-agent")
-	f.agent = roomstore.Agent{ID: a.ID, Username: a.Username, Name: a.Name}
+	f.agent = store.Agent{ID: a.ID, Username: a.Username, Name: a.Name}
 	return f
 }
 
-func (f *fixture) close(rid, token string) (roomstore.Result, error) {
+func (f *fixture) close(rid, token string) (store.Result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return f.store.CloseRoom(ctx, roomstore.CloseRequest{Rid: rid, VisitorToken: token, Agent: f.agent, Comment: "done", Tags: []string{"a"}})
+	found, err := f.st.ReadRoom(ctx, rid, token)
+	if err != nil {
+		return store.Result{}, err
+	}
+	return f.st.CloseRoom(ctx, store.CloseRequest{Rid: rid, VisitorToken: token, Agent: f.agent, Comment: "done", Tags: []string{"a"}}, found)
 }
 
 func TestCloseRoomOutcomes(t *testing.T) {
@@ -50,11 +54,11 @@ func TestCloseRoomOutcomes(t *testing.T) {
 		name, rid, token string
 		want             error
 	}{
-		{"unknown visitor token", "ROOM1", "no-such-token", roomstore.ErrInvalidToken},
-		{"token differing only by a trailing space", "ROOM1", f.visitor.Token + " ", roomstore.ErrInvalidToken},
-		{"unknown room", "NOPE", f.visitor.Token, roomstore.ErrInvalidRoom},
-		{"empty room id", "", f.visitor.Token, roomstore.ErrInvalidRoom},
-		{"another visitor's room", "ROOM2", f.visitor.Token, roomstore.ErrInvalidRoom},
+		{"unknown visitor token", "ROOM1", "no-such-token", store.ErrInvalidToken},
+		{"token differing only by a trailing space", "ROOM1", f.visitor.Token + " ", store.ErrInvalidToken},
+		{"unknown room", "NOPE", f.visitor.Token, store.ErrInvalidRoom},
+		{"empty room id", "", f.visitor.Token, store.ErrInvalidRoom},
+		{"another visitor's room", "ROOM2", f.visitor.Token, store.ErrInvalidRoom},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -84,14 +88,14 @@ FROM rooms r JOIN messages m ON m.id = r.last_message_id WHERE r.id = 'ROOM1'`).
 		t.Fatal(err)
 	}
 	if open || lastMessage != res.MessageID || !closedAt.Equal(res.ClosedAt) || callDurationMs != res.CallDuration ||
-		tags.String != `["a"]` || msgType != roomstore.MessageTypeWrapup || msg != "done" {
+		tags.String != `["a"]` || msgType != store.MessageTypeWrapup || msg != "done" {
 		t.Fatalf("rows after the close: open=%v last=%s closed=%v duration=%d tags=%s msg=%s %q; result %+v",
 			open, lastMessage, closedAt, callDurationMs, tags.String, msgType, msg, res)
 	}
 	if n := f.db.Count(t, "room_events WHERE rid = 'ROOM1' AND type = 'room.closed'"); n != 1 {
 		t.Fatalf("%d outbox rows, want 1", n)
 	}
-	if _, err := f.close("ROOM1", f.visitor.Token); !errors.Is(err, roomstore.ErrRoomClosed) {
+	if _, err := f.close("ROOM1", f.visitor.Token); !errors.Is(err, store.ErrRoomClosed) {
 		t.Fatalf("second close: %v, want ErrRoomClosed", err)
 	}
 }
@@ -116,7 +120,7 @@ func TestCloseRoomConcurrentExactlyOnce(t *testing.T) {
 		switch {
 		case err == nil:
 			wins++
-		case !errors.Is(err, roomstore.ErrRoomClosed):
+		case !errors.Is(err, store.ErrRoomClosed):
 			t.Errorf("unexpected error: %v", err)
 		}
 	}

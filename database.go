@@ -1,0 +1,178 @@
+package rocketchatvoip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
+)
+
+// requestStore is what the request path asks of the database: the store
+// package's prepared statements, or a stand-in in tests of the HTTP logic.
+type requestStore interface {
+	Now() time.Time
+	ReadCredentials(ctx context.Context, userID, hashedToken string) (store.Credentials, error)
+	ReadCredentialsAndRoom(ctx context.Context, userID, hashedToken, rid, visitorToken string) (store.Credentials, store.Found, error)
+	ReadRoom(ctx context.Context, rid, visitorToken string) (store.Found, error)
+	CloseRoom(ctx context.Context, req store.CloseRequest, f store.Found) (store.Result, error)
+}
+
+// closerHints is the set of credentials that recently closed a room.
+type closerHints interface {
+	Has(userID, hashedToken string) bool
+	Add(userID, hashedToken string)
+	Remove(userID, hashedToken string)
+}
+
+// database is what a handler holds of its pool: the pool itself, or a
+// stand-in in tests of the HTTP logic.
+type database interface {
+	// Acquire marks a request in flight (false: the pool is closing), Done
+	// ends it.
+	Acquire() bool
+	Done()
+	Closers() closerHints
+	// Store is nil until the schema is in place and the statements are
+	// prepared.
+	Store() requestStore
+}
+
+// pooled is the database of a shared pool.
+type pooled struct{ *dbpool.Pool }
+
+func (p pooled) Closers() closerHints { return p.Pool.Closers() }
+
+func (p pooled) Store() requestStore {
+	if s := p.Pool.Store(); s != nil {
+		return s
+	}
+	return nil // not a typed nil
+}
+
+// withDatabase runs fn with the database: it holds the pool open, bounds
+// the work by db_timeout, waits for a slot of db_concurrency, times every
+// statement, and feeds the round trips back to the adaptive bound. fn
+// returns the reply; a database error becomes 503 through db.failed.
+func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(context.Context, *dbSession) reply) reply {
+	if !h.db.Acquire() {
+		// Only a request of a config already cleaned up, whose DSN no newer
+		// config uses, gets here.
+		return replyUnavailable
+	}
+	defer h.db.Done()
+	s := h.db.Store()
+	if s == nil {
+		// The schema gate has not prepared this pool yet (the config is
+		// still starting).
+		return replyUnavailable
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout))
+	defer cancel()
+
+	// Only so many requests work on the database at once (db_concurrency,
+	// adapted to the database's round-trip time); the rest wait here, within
+	// db_timeout. A database serves a few concurrent requests best and
+	// loses throughput to contention past that.
+	db := &dbSession{r: r, st: st, store: s, closers: h.db.Closers(), loginExpiration: time.Duration(h.LoginExpiration)}
+	waitFrom := time.Now()
+	if err := h.dbLimit.Acquire(ctx); err != nil {
+		st.dbTime += time.Since(waitFrom)
+		return db.failed(fmt.Errorf("waiting for a database slot: %w", err))
+	}
+	heldFrom := time.Now()
+	rep := fn(ctx, db)
+	if rep.outcome == OutcomeUnavailable {
+		h.dbLimit.ReleaseFailed()
+	} else {
+		h.dbLimit.Release(time.Since(heldFrom), db.roundTrips)
+	}
+	return rep
+}
+
+// dbSession is one request's use of the database: the steps of the
+// contract that need it, each timed and counted.
+type dbSession struct {
+	r               *http.Request
+	st              *requestState
+	store           requestStore
+	closers         closerHints
+	loginExpiration time.Duration
+
+	roundTrips int
+	hashed     string
+	found      store.Found
+	roomRead   bool
+}
+
+// authenticate reads and verifies the credentials. Credentials that
+// recently closed a room read the room in the same query when the body is
+// valid; all others (unknown tokens above all) take the cheaper query that
+// a 401 or a 403 needs, and read the room later if they get there.
+func (db *dbSession) authenticate(ctx context.Context, userID, token string, p params.Params, bodyValid bool) (store.User, error) {
+	db.hashed = store.HashLoginToken(token)
+	var (
+		creds store.Credentials
+		err   error
+	)
+	from := time.Now()
+	if bodyValid && db.closers.Has(userID, db.hashed) {
+		creds, db.found, err = db.store.ReadCredentialsAndRoom(ctx, userID, db.hashed, p.Rid, p.Token)
+		db.roomRead = err == nil
+	} else {
+		creds, err = db.store.ReadCredentials(ctx, userID, db.hashed)
+	}
+	db.spent(from, 1, err)
+	if err != nil {
+		return store.User{}, err
+	}
+	user, err := store.Verify(creds, userID, db.hashed, db.loginExpiration, db.store.Now())
+	switch {
+	case err != nil || !user.CanCloseRooms:
+		db.closers.Remove(userID, db.hashed)
+	default:
+		db.closers.Add(userID, db.hashed)
+	}
+	return user, err
+}
+
+// closeRoom reads the room, unless authenticate did, and closes it.
+func (db *dbSession) closeRoom(ctx context.Context, req store.CloseRequest) error {
+	if !db.roomRead {
+		from := time.Now()
+		var err error
+		db.found, err = db.store.ReadRoom(ctx, req.Rid, req.VisitorToken)
+		db.spent(from, 1, err)
+		if err != nil {
+			return err
+		}
+	}
+	from := time.Now()
+	res, err := db.store.CloseRoom(ctx, req, db.found)
+	db.spent(from, res.RoundTrips, nil)
+	return err
+}
+
+// spent accounts for database work that began at from and made roundTrips
+// round trips (none when it failed).
+func (db *dbSession) spent(from time.Time, roundTrips int, err error) {
+	db.st.dbTime += time.Since(from)
+	if err == nil {
+		db.roundTrips += roundTrips
+	}
+}
+
+// failed answers a request whose database work failed: 503, unless the
+// failure is only the client hanging up (its context was cancelled), which
+// says nothing about the database.
+func (db *dbSession) failed(err error) reply {
+	db.st.err = err
+	if errors.Is(db.r.Context().Err(), context.Canceled) {
+		return replyClientClosed
+	}
+	return replyUnavailable
+}
