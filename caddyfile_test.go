@@ -115,8 +115,8 @@ func TestConfigRules(t *testing.T) {
 		name, caddyfile, json, want string // want "" means accepted
 	}{
 		{"max_body 0 is the default", "max_body 0", `"max_body":0`, ""},
-		{"max_body 1 TiB", "max_body 1TiB", `"max_body":1099511627776`, ""},
-		{"max_body over 1 TiB", "max_body 2TiB", `"max_body":2199023255552`, "max_body: must be between 1 byte and 1 TiB"},
+		{"max_body 8 MiB", "max_body 8MiB", `"max_body":8388608`, ""},
+		{"max_body over 8 MiB", "max_body 8388609", `"max_body":8388609`, "max_body: must be between 1 byte and 8 MiB"},
 		{"rate_limit with no requests", "rate_limit 0 60s", `"rate_limit":{"requests":0,"window":60000000000}`, "rate_limit: the request count must be positive"},
 		{"rate_limit with negative requests", "rate_limit -1 60s", `"rate_limit":{"requests":-1,"window":60000000000}`, "rate_limit: the request count must be positive"},
 		{"rate_limit with no window", "rate_limit 10 0s", `"rate_limit":{"requests":10,"window":0}`, "rate_limit: the window must be positive"},

@@ -3,11 +3,13 @@ package rocketchatvoip
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
@@ -36,24 +38,25 @@ func TestCommandMigrateStatusCheck(t *testing.T) {
 	cfg.DBName = empty
 	dsn := cfg.FormatDSN()
 
+	latest := schema.Latest()
 	out, err := run(t, "", "migrate", "--status", "--dsn", dsn)
-	if err == nil || !strings.Contains(out, "schema version 0, this build needs 2") {
+	if err == nil || !strings.Contains(out, fmt.Sprintf("schema version 0, this build needs %d", latest)) {
 		t.Fatalf("status of an empty database: %v %q", err, out)
 	}
 	if out, err = run(t, "", "check", "--dsn", dsn); err == nil || !strings.Contains(out, "problem: database schema is at version 0") {
 		t.Fatalf("check of an empty database: %v %q", err, out)
 	}
-	if out, err = run(t, "", "migrate", "--dsn", dsn); err != nil || !strings.Contains(out, "applied migrations [1 2]") {
+	if out, err = run(t, "", "migrate", "--dsn", dsn); err != nil || !strings.Contains(out, "applied migrations [1 2 ") || !strings.Contains(out, fmt.Sprintf("schema at version %d", latest)) {
 		t.Fatalf("migrate: %v %q", err, out)
 	}
 	t.Setenv(dsnEnv, dsn) // the environment stands in for --dsn
-	if out, err = run(t, "", "migrate"); err != nil || !strings.Contains(out, "schema already at version 2") {
+	if out, err = run(t, "", "migrate"); err != nil || !strings.Contains(out, fmt.Sprintf("schema already at version %d", latest)) {
 		t.Fatalf("migrate again: %v %q", err, out)
 	}
-	if out, err = run(t, "", "migrate", "--status"); err != nil || !strings.Contains(out, "schema version 2, this build needs 2") {
+	if out, err = run(t, "", "migrate", "--status"); err != nil || !strings.Contains(out, fmt.Sprintf("schema version %d, this build needs %d", latest, latest)) {
 		t.Fatalf("status: %v %q", err, out)
 	}
-	if out, err = run(t, "", "check"); err != nil || !strings.Contains(out, "ok (schema version 2)") {
+	if out, err = run(t, "", "check"); err != nil || !strings.Contains(out, fmt.Sprintf("ok (schema version %d)", latest)) {
 		t.Fatalf("check: %v %q", err, out)
 	}
 	if _, err := db.DB.Exec("DELETE FROM " + empty + ".permission_roles WHERE permission = 'inbound-voip-calls'"); err != nil {

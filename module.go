@@ -40,11 +40,14 @@ const (
 	defaultRateLimit       = 10                  // API_Enable_Rate_Limiter_Limit_Calls_Default
 	defaultRateLimitWindow = time.Minute         // API_Enable_Rate_Limiter_Limit_Time_Default
 	defaultMaxBody         = 1 << 20
-	maxMaxBody             = 1 << 40
-	defaultDBTimeout       = 3 * time.Second
-	defaultCompat          = 6
-	defaultMaxOpenConns    = 64
-	defaultDBConcurrency   = 8
+	// maxMaxBody keeps every body's comment storable whole: messages.msg
+	// holds 16 MiB, and the close's statement must fit in MariaDB's default
+	// max_allowed_packet of 16 MiB (MySQL's and TiDB's are 64 MiB).
+	maxMaxBody           = 8 << 20
+	defaultDBTimeout     = 3 * time.Second
+	defaultCompat        = 6
+	defaultMaxOpenConns  = 64
+	defaultDBConcurrency = 8
 )
 
 // Handler answers Rocket.Chat's POST /api/v1/voip/room.close from MySQL and
@@ -96,8 +99,10 @@ type Handler struct {
 	// route. Default (when absent): 10 requests per 60s per client IP.
 	RateLimit *RateLimit `json:"rate_limit,omitempty"`
 
-	// MaxBody is the largest request body accepted, in bytes, at most 1 TiB;
-	// larger bodies get 413. Default: 1 MiB.
+	// MaxBody is the largest request body accepted, in bytes, at most 8 MiB
+	// (the schema stores any comment such a body can carry, whole); larger
+	// bodies get 413. The server's max_allowed_packet must exceed it.
+	// Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
 	// DBTimeout bounds the database work of one request, COMMIT included;
@@ -177,7 +182,7 @@ func (h *Handler) validateValues() error {
 	case h.RateLimit != nil && !h.RateLimit.Off && h.RateLimit.Window <= 0:
 		return fmt.Errorf("rate_limit: the window must be positive, not %s", time.Duration(h.RateLimit.Window))
 	case h.MaxBody < 0 || h.MaxBody > maxMaxBody:
-		return fmt.Errorf("max_body: must be between 1 byte and 1 TiB, not %d", h.MaxBody)
+		return fmt.Errorf("max_body: must be between 1 byte and 8 MiB, not %d", h.MaxBody)
 	case h.DBTimeout < 0:
 		return errors.New("db_timeout: must not be negative")
 	case h.Compat != 0 && h.Compat != 6 && h.Compat != 7:

@@ -24,10 +24,17 @@ type Config struct {
 	Servers []string
 }
 
+// SessionSQLMode is the sql_mode of every session the module opens, whatever
+// the server's: strict, so that a value that does not fit its column is an
+// error and never silently cut short, and free of modes that change how a
+// statement reads (ANSI_QUOTES, PIPES_AS_CONCAT, NO_BACKSLASH_ESCAPES).
+const SessionSQLMode = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
+
 // ParseDSN parses a go-sql-driver/mysql DSN whose tcp address may list
 // several servers, "user:pw@tcp(db1:3306,db2:3306)/rocketchat", and sets
 // what the module relies on: times parsed as UTC, server-side prepared
-// statements (no client interpolation, no multi-statements), and a dial
+// statements (no client interpolation, no multi-statements), the session's
+// sql_mode (SessionSQLMode, in place of any the DSN sets), and a dial
 // timeout.
 func ParseDSN(dsn string) (*Config, error) {
 	servers, single, err := splitServers(dsn)
@@ -43,6 +50,10 @@ func ParseDSN(dsn string) (*Config, error) {
 	cfg.Loc = time.UTC
 	cfg.InterpolateParams = false
 	cfg.MultiStatements = false
+	if cfg.Params == nil {
+		cfg.Params = map[string]string{}
+	}
+	cfg.Params["sql_mode"] = "'" + SessionSQLMode + "'"
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Second // dialing; request work is bounded by its context
 	}

@@ -1,4 +1,4 @@
--- 0001: the tables of shared/spec/schema.md, with Rocket.Chat's default permission rows.
+-- 0001: the tables of docs/contract.md ("The MySQL schema"), with Rocket.Chat's default permission rows.
 -- Ids, tokens and hashes compare byte for byte (utf8mb4_bin), as they do in Rocket.Chat's MongoDB.
 -- Every statement is idempotent so a migration that was interrupted can simply run again.
 
