@@ -50,7 +50,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if err := h.unmarshalSubdirective(d); err != nil {
 			return err
 		}
-		if err := h.validateValues(); err != nil {
+		if err := h.validateFields(); err != nil {
 			return d.Err(err.Error())
 		}
 	}
@@ -102,9 +102,6 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 		h.Migrate = true
 	case "path":
 		h.Path, err = one()
-		if err == nil && h.Path == "" {
-			return d.Errf("path: must start with /, not %q", h.Path)
-		}
 	case "login_expiration":
 		h.LoginExpiration, err = duration()
 	case "rate_limit":

@@ -129,6 +129,11 @@ func TestConfigRules(t *testing.T) {
 		{"relative path", "path api", `"path":"api"`, "path: must start with /"},
 		{"negative max_open_conns", "max_open_conns -1", `"max_open_conns":-1`, "max_open_conns: must not be negative"},
 		{"negative db_concurrency", "db_concurrency -2", `"db_concurrency":-2`, "db_concurrency: must not be negative"},
+		{"db_concurrency above max_open_conns", "max_open_conns 4\n db_concurrency 5", `"max_open_conns":4,"db_concurrency":5`, "db_concurrency: 5 is more than max_open_conns (4)"},
+		{"db_concurrency above the default max_open_conns", "db_concurrency 65", `"db_concurrency":65`, "db_concurrency: 65 is more than max_open_conns (64, the default)"},
+		{"db_concurrency at max_open_conns", "db_concurrency 64", `"db_concurrency":64`, ""},
+		{"max_open_conns below the default db_concurrency", "max_open_conns 2", `"max_open_conns":2`, ""},
+		{"an empty path is the default", `path ""`, `"path":""`, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

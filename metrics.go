@@ -26,7 +26,6 @@ var metrics struct {
 	requests        *prometheus.CounterVec
 	requestDuration *prometheus.HistogramVec
 	dbDuration      prometheus.Histogram
-	dbLimit         *prometheus.GaugeVec
 	pool            prometheus.Collector
 
 	// per outcome, resolved once so the request path does no label lookup
@@ -56,15 +55,12 @@ func initMetrics() {
 			Help:    "Time a room.close request spent waiting on MySQL.",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		})
-		metrics.dbLimit = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "db_concurrency_limit",
-			Help: "Requests a handler lets work on the database at once now (db_concurrency, adapted to the round-trip time).",
-		}, []string{"database", "path"})
 		metrics.pool = poolCollector{
 			open:   prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_open_connections"), "Open connections of the MySQL pool.", []string{"database"}, nil),
 			inUse:  prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_in_use_connections"), "Connections of the MySQL pool in use.", []string{"database"}, nil),
 			idle:   prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_idle_connections"), "Idle connections of the MySQL pool.", []string{"database"}, nil),
 			waited: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_wait_total"), "Times a request waited for a free connection.", []string{"database"}, nil),
+			limit:  prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_concurrency_limit"), "Requests let work on the database at once now (db_concurrency, adapted to the round-trip time).", []string{"database"}, nil),
 		}
 		metrics.byOutcome = make(map[string]outcomeMetrics, len(outcomes))
 		for _, o := range outcomes {
@@ -76,7 +72,7 @@ func initMetrics() {
 // registerMetrics adds the module's metrics to the config's registry.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.dbLimit, metrics.pool)
+	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool)
 }
 
 func observeRequest(outcome string, took time.Duration) {
@@ -86,9 +82,10 @@ func observeRequest(outcome string, took time.Duration) {
 	}
 }
 
-// poolCollector reports every shared pool's connection counts at scrape time.
+// poolCollector reports every shared pool's connection counts and
+// concurrency limit at scrape time, so a pool that is gone leaves no series.
 type poolCollector struct {
-	open, inUse, idle, waited *prometheus.Desc
+	open, inUse, idle, waited, limit *prometheus.Desc
 }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -96,26 +93,37 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inUse
 	ch <- c.idle
 	ch <- c.waited
+	ch <- c.limit
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	// Two DSNs may name one database (other options); report their sum.
-	byName := map[string]*sql.DBStats{}
+	type sums struct {
+		stats sql.DBStats
+		limit int
+	}
+	byName := map[string]*sums{}
 	dbpool.Each(func(p *dbpool.Pool) {
-		s := p.DB().Stats()
-		if sum, ok := byName[p.Name()]; ok {
-			sum.OpenConnections += s.OpenConnections
-			sum.InUse += s.InUse
-			sum.Idle += s.Idle
-			sum.WaitCount += s.WaitCount
-		} else {
-			byName[p.Name()] = &s
+		s, limit := p.DB().Stats(), 0
+		if l := p.Limiter(); l != nil {
+			limit = l.Limit()
 		}
+		sum, ok := byName[p.Name()]
+		if !ok {
+			byName[p.Name()] = &sums{s, limit}
+			return
+		}
+		sum.stats.OpenConnections += s.OpenConnections
+		sum.stats.InUse += s.InUse
+		sum.stats.Idle += s.Idle
+		sum.stats.WaitCount += s.WaitCount
+		sum.limit += limit
 	})
 	for name, s := range byName {
-		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(s.OpenConnections), name)
-		ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(s.InUse), name)
-		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(s.Idle), name)
-		ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, float64(s.WaitCount), name)
+		ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(s.stats.OpenConnections), name)
+		ch <- prometheus.MustNewConstMetric(c.inUse, prometheus.GaugeValue, float64(s.stats.InUse), name)
+		ch <- prometheus.MustNewConstMetric(c.idle, prometheus.GaugeValue, float64(s.stats.Idle), name)
+		ch <- prometheus.MustNewConstMetric(c.waited, prometheus.CounterValue, float64(s.stats.WaitCount), name)
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(s.limit), name)
 	}
 }

@@ -9,16 +9,15 @@
 package rocketchatvoip
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/go-sql-driver/mysql"
 	"go.uber.org/zap"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
@@ -114,7 +113,10 @@ type Handler struct {
 	Compat int `json:"compat,omitempty"`
 
 	// MaxOpenConns caps the connections of the pool shared by every handler
-	// with the same DSN. Default: 64.
+	// with the same DSN. It is the pool's setting, as DBConcurrency is:
+	// handlers of one config that share a DSN must give both the same
+	// values (after defaults), or the load fails naming them; a reload
+	// applies the new config's. Default: 64.
 	MaxOpenConns int `json:"max_open_conns,omitempty"`
 
 	// DBConcurrency bounds the handled requests that work on the database
@@ -125,7 +127,9 @@ type Handler struct {
 	// fastest lately (a database a few milliseconds away, where requests
 	// spend their time on the wire), the bound rises, up to max_open_conns;
 	// it falls back as they slow down, and halves when database work fails.
-	// Set it to max_open_conns for a fixed bound. Default: 8.
+	// The bound is the database's: every handler with the same DSN shares
+	// it. At most max_open_conns; set it to max_open_conns for a fixed
+	// bound. Default: 8, or max_open_conns when that is less.
 	DBConcurrency int `json:"db_concurrency,omitempty"`
 
 	logger     *zap.Logger
@@ -157,69 +161,78 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Validate is the one place that decides what a valid configuration is;
-// the Caddyfile parser calls it too, so both refuse the same values. Zero
-// values stand for defaults and pass.
+// Validate is the one place that decides what a valid configuration is. It
+// judges the values in effect, defaults filled in, so that a rule tying two
+// fields holds whether the user wrote one of them or both. The Caddyfile
+// parser and Provision call it before anything else (Caddy calls it again
+// after Provision).
 func (h *Handler) Validate() error {
 	if h.DSN == "" {
 		return errors.New("dsn is required")
 	}
-	return h.validateValues()
-}
-
-// validateValues is Validate without the required fields, for the Caddyfile
-// parser to check each subdirective as it reads it.
-func (h *Handler) validateValues() error {
-	switch {
-	case h.Path != "" && h.Path[0] != '/':
-		return fmt.Errorf("path: must start with /, not %q", h.Path)
-	case h.LoginExpiration < 0:
-		return errors.New("login_expiration: must not be negative")
-	case h.RateLimit != nil && h.RateLimit.Off && (h.RateLimit.Requests != 0 || h.RateLimit.Window != 0):
-		return errors.New("rate_limit: off takes no request count or window")
-	case h.RateLimit != nil && !h.RateLimit.Off && h.RateLimit.Requests <= 0:
-		return fmt.Errorf("rate_limit: the request count must be positive, not %d", h.RateLimit.Requests)
-	case h.RateLimit != nil && !h.RateLimit.Off && h.RateLimit.Window <= 0:
-		return fmt.Errorf("rate_limit: the window must be positive, not %s", time.Duration(h.RateLimit.Window))
-	case h.MaxBody < 0 || h.MaxBody > maxMaxBody:
-		return fmt.Errorf("max_body: must be between 1 byte and 8 MiB, not %d", h.MaxBody)
-	case h.DBTimeout < 0:
-		return errors.New("db_timeout: must not be negative")
-	case h.Compat != 0 && h.Compat != 6 && h.Compat != 7:
-		return fmt.Errorf("compat: must be 6 or 7, not %d", h.Compat)
-	case h.MaxOpenConns < 0:
-		return fmt.Errorf("max_open_conns: must not be negative, not %d", h.MaxOpenConns)
-	case h.DBConcurrency < 0:
-		return fmt.Errorf("db_concurrency: must not be negative, not %d", h.DBConcurrency)
+	if err := h.validateFields(); err != nil {
+		return err
+	}
+	eff := h.withDefaults()
+	if eff.DBConcurrency > eff.MaxOpenConns {
+		defaulted := ""
+		if h.MaxOpenConns == 0 {
+			defaulted = ", the default"
+		}
+		return fmt.Errorf("db_concurrency: %d is more than max_open_conns (%d%s): each request working on the database holds a connection",
+			eff.DBConcurrency, eff.MaxOpenConns, defaulted)
 	}
 	return nil
 }
 
+// validateFields checks each field on its own, with defaults filled in; the
+// Caddyfile parser calls it after each subdirective so that an error names
+// its line.
+func (h *Handler) validateFields() error {
+	eff := h.withDefaults()
+	switch {
+	case eff.Path[0] != '/':
+		return fmt.Errorf("path: must start with /, not %q", eff.Path)
+	case eff.LoginExpiration < 0:
+		return errors.New("login_expiration: must not be negative")
+	case eff.RateLimit.Off && (eff.RateLimit.Requests != 0 || eff.RateLimit.Window != 0):
+		return errors.New("rate_limit: off takes no request count or window")
+	case !eff.RateLimit.Off && eff.RateLimit.Requests <= 0:
+		return fmt.Errorf("rate_limit: the request count must be positive, not %d", eff.RateLimit.Requests)
+	case !eff.RateLimit.Off && eff.RateLimit.Window <= 0:
+		return fmt.Errorf("rate_limit: the window must be positive, not %s", time.Duration(eff.RateLimit.Window))
+	case eff.MaxBody < 0 || eff.MaxBody > maxMaxBody:
+		return fmt.Errorf("max_body: must be between 1 byte and 8 MiB, not %d", eff.MaxBody)
+	case eff.DBTimeout < 0:
+		return errors.New("db_timeout: must not be negative")
+	case eff.Compat != 6 && eff.Compat != 7:
+		return fmt.Errorf("compat: must be 6 or 7, not %d", eff.Compat)
+	case eff.MaxOpenConns < 0:
+		return fmt.Errorf("max_open_conns: must not be negative, not %d", eff.MaxOpenConns)
+	case eff.DBConcurrency < 0:
+		return fmt.Errorf("db_concurrency: must not be negative, not %d", eff.DBConcurrency)
+	}
+	return nil
+}
+
+// withDefaults is a copy of h with every zero value replaced by its default.
+func (h *Handler) withDefaults() *Handler {
+	eff := *h
+	eff.applyDefaults()
+	return &eff
+}
+
 func (h *Handler) applyDefaults() {
-	if h.Path == "" {
-		h.Path = defaultPath
-	}
-	if h.LoginExpiration == 0 {
-		h.LoginExpiration = caddy.Duration(defaultLoginExpiration)
-	}
+	h.Path = cmp.Or(h.Path, defaultPath)
+	h.LoginExpiration = cmp.Or(h.LoginExpiration, caddy.Duration(defaultLoginExpiration))
 	if h.RateLimit == nil {
 		h.RateLimit = &RateLimit{Requests: defaultRateLimit, Window: caddy.Duration(defaultRateLimitWindow)}
 	}
-	if h.MaxBody == 0 {
-		h.MaxBody = defaultMaxBody
-	}
-	if h.DBTimeout == 0 {
-		h.DBTimeout = caddy.Duration(defaultDBTimeout)
-	}
-	if h.Compat == 0 {
-		h.Compat = defaultCompat
-	}
-	if h.MaxOpenConns == 0 {
-		h.MaxOpenConns = defaultMaxOpenConns
-	}
-	if h.DBConcurrency == 0 {
-		h.DBConcurrency = defaultDBConcurrency
-	}
+	h.MaxBody = cmp.Or(h.MaxBody, defaultMaxBody)
+	h.DBTimeout = cmp.Or(h.DBTimeout, caddy.Duration(defaultDBTimeout))
+	h.Compat = cmp.Or(h.Compat, defaultCompat)
+	h.MaxOpenConns = cmp.Or(h.MaxOpenConns, dbpool.DefaultMaxOpenConns)
+	h.DBConcurrency = cmp.Or(h.DBConcurrency, min(dbpool.DefaultDBConcurrency, h.MaxOpenConns))
 }
 
 // Provision connects to MySQL (or reuses the pool of an earlier config with
@@ -227,24 +240,23 @@ func (h *Handler) applyDefaults() {
 // the request path uses.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	// Refuse a bad config before touching anything shared.
+	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		return err
 	}
-	h.applyDefaults()
 	h.logger = ctx.Logger()
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	// The driver's own messages (dropped connections and the like) go to
-	// Caddy's log rather than bare stderr.
-	_ = mysql.SetLogger(driverLogger{h.logger.Named("mysql")})
-	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(h.DSN, ""))
+	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(h.DSN, ""), &dbpool.Settings{
+		MaxOpenConns:  h.MaxOpenConns,
+		DBConcurrency: h.DBConcurrency,
+		Holder:        "the rocketchat_voip handler of " + h.Path,
+	})
 	if err != nil {
 		return err
 	}
-	h.pool, h.db = pool, pooled{pool}
-	h.pool.DB().SetMaxOpenConns(h.MaxOpenConns)
-	h.pool.DB().SetMaxIdleConns(h.MaxOpenConns)
+	h.pool, h.db, h.dbLimit = pool, pooled{pool}, pool.Limiter()
 
 	setupCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -271,10 +283,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.limiter = val.(*ratelimit.Limiter)
 	}
-	h.dbLimit = dblimit.New(h.DBConcurrency, h.MaxOpenConns)
-	limitGauge := metrics.dbLimit.WithLabelValues(h.pool.Name(), h.Path)
-	limitGauge.Set(float64(h.DBConcurrency))
-	h.dbLimit.OnChange = func(n int) { limitGauge.Set(float64(n)) }
 	h.replyUnauthorized = reply{http.StatusUnauthorized, OutcomeUnauthorized, bodyUnauthorized6}
 	if h.Compat == 7 {
 		h.replyUnauthorized.body = bodyUnauthorized7
@@ -327,11 +335,6 @@ func (h *Handler) Cleanup() error {
 
 // limiters holds the rate limiters' state across config reloads.
 var limiters = caddy.NewUsagePool()
-
-// driverLogger adapts go-sql-driver/mysql's logger to zap.
-type driverLogger struct{ l *zap.Logger }
-
-func (d driverLogger) Print(v ...any) { d.l.Warn(strings.TrimSpace(fmt.Sprint(v...))) }
 
 // Interface guards
 var (

@@ -126,7 +126,7 @@ func (o *Outbox) Provision(ctx caddy.Context) error {
 	if err := promutil.Register(ctx.GetMetricsRegistry(), outboxMetrics.all()...); err != nil {
 		return err
 	}
-	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(o.DSN, ""))
+	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(o.DSN, ""), nil)
 	if err != nil {
 		return err
 	}

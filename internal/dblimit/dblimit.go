@@ -66,6 +66,17 @@ func New(floor, ceiling int) *Limiter {
 	return &Limiter{floor: floor, ceiling: max(floor, ceiling), limit: floor, now: time.Now}
 }
 
+// SetBounds moves the floor and the ceiling (ceiling below floor is taken
+// as floor), bringing the limit within them.
+func (l *Limiter) SetBounds(floor, ceiling int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.floor = max(floor, 1)
+	l.ceiling = max(l.floor, ceiling)
+	l.setLimit(min(max(l.limit, l.floor), l.ceiling))
+	l.handOff()
+}
+
 // Limit is the current limit.
 func (l *Limiter) Limit() int {
 	l.mu.Lock()

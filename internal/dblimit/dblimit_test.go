@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -169,5 +170,33 @@ func TestNeverMoreThanTheLimit(t *testing.T) {
 	defer l.mu.Unlock()
 	if l.inFlight != 0 || len(l.waiters) != 0 {
 		t.Fatalf("after all requests: %d in flight, %d waiting", l.inFlight, len(l.waiters))
+	}
+}
+
+// A reload moves the bounds of a limiter kept across it: the limit comes
+// within them, and a raised floor lets waiters in at once.
+func TestSetBounds(t *testing.T) {
+	l := New(2, 10)
+	rounds(t, l, 100, time.Millisecond)
+	expectLimit(t, l, 10, "fast rounds")
+	l.SetBounds(2, 6)
+	expectLimit(t, l, 6, "a lower ceiling")
+	l.SetBounds(1, 1)
+	expectLimit(t, l, 1, "a fixed bound of 1")
+	if err := l.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() { got <- l.Acquire(context.Background()) }()
+	for waiting := false; !waiting; {
+		l.mu.Lock()
+		waiting = len(l.waiters) == 1
+		l.mu.Unlock()
+		runtime.Gosched()
+	}
+	l.SetBounds(2, 4)
+	expectLimit(t, l, 2, "a raised floor")
+	if err := <-got; err != nil {
+		t.Fatalf("the waiter was not let in by the raised floor: %v", err)
 	}
 }

@@ -1,22 +1,43 @@
 // Package dbpool shares one MySQL pool per DSN among every handler and app
 // of every config that names it, so that a reload reuses connections and
 // prepared statements, and the last holder to go closes them.
+//
+// A pool's settings (its connection cap and the bound on concurrent
+// database work) are the database's, not one handler's: every holder of
+// one config that states them must state the same values, whatever order
+// Caddy provisions them in, and each config load applies its own.
 package dbpool
 
 import (
 	"context"
 	"database/sql"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/closerhint"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 var pools = caddy.NewUsagePool()
+
+// Settings are what a holder asks of the pool.
+type Settings struct {
+	// MaxOpenConns caps the pool's connections.
+	MaxOpenConns int
+	// DBConcurrency is the floor of the bound on requests working on the
+	// database at once; the bound adapts up to MaxOpenConns.
+	DBConcurrency int
+	// Holder names the holder in messages, e.g. "the handler of /x".
+	Holder string
+}
 
 // Pool is a shared MySQL pool with the request path's statements prepared
 // on it.
@@ -35,14 +56,22 @@ type Pool struct {
 	// pool: the handler reads credentials and room in one query for them.
 	closers *closerhint.Set
 
-	mu      sync.Mutex
-	active  int  // requests in flight
-	closing bool // the last holder is gone
+	mu       sync.Mutex
+	active   int  // requests in flight
+	closing  bool // the last holder is gone
+	settings Settings
+	// limiter bounds the requests working on the database at once; nil
+	// until a holder states settings.
+	limiter *dblimit.Limiter
+	// settingsLoad is the config load whose holders last set settings.
+	settingsLoad *prometheus.Registry
 }
 
-// Get returns the pool for dsn, opening it if no holder has it yet. Each
-// Get is matched by one Release.
-func Get(ctx context.Context, dsn string) (*Pool, error) {
+// Get returns the pool for dsn, opening it if no holder has it yet, with
+// the settings of the config being loaded (nil: the holder has no say, as
+// the outbox app). Each Get is matched by one Release.
+func Get(ctx caddy.Context, dsn string, settings *Settings) (*Pool, error) {
+	setDriverLogger.Do(func() { _ = mysql.SetLogger(driverLogger{}) })
 	cfg, err := dbconnect.ParseDSN(dsn)
 	if err != nil {
 		return nil, err
@@ -53,12 +82,58 @@ func Get(ctx context.Context, dsn string) (*Pool, error) {
 		if err != nil {
 			return nil, err
 		}
+		db.SetMaxOpenConns(DefaultMaxOpenConns)
+		db.SetMaxIdleConns(DefaultMaxOpenConns)
 		return &Pool{db: db, key: key, name: cfg.String(), closers: closerhint.New()}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return val.(*Pool), nil
+	p := val.(*Pool)
+	if settings != nil {
+		if err := p.apply(ctx, *settings); err != nil {
+			p.Release() //nolint:errcheck // the conflict is the error that matters
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// The settings of a pool whose holders state none.
+const (
+	DefaultMaxOpenConns  = 64
+	DefaultDBConcurrency = 8
+)
+
+// apply sets the pool's settings for the config load of ctx: the first
+// holder of a load sets them, and every other holder of that load must ask
+// for the same, so that no order of provisioning can change them.
+func (p *Pool) apply(ctx caddy.Context, s Settings) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// Caddy makes one metrics registry per config load and hands it to every
+	// module of that load: it tells the load apart from its predecessor,
+	// whose holders keep the pool until they are cleaned up.
+	load := ctx.GetMetricsRegistry()
+	if p.settingsLoad == load {
+		have := p.settings
+		if have.MaxOpenConns != s.MaxOpenConns || have.DBConcurrency != s.DBConcurrency {
+			return fmt.Errorf("%s asks for max_open_conns %d and db_concurrency %d, %s for max_open_conns %d and db_concurrency %d, "+
+				"but both share the pool of %s: give every handler with this dsn the same values (or leave them unset on all)",
+				have.Holder, have.MaxOpenConns, have.DBConcurrency, s.Holder, s.MaxOpenConns, s.DBConcurrency, p.name)
+		}
+		return nil
+	}
+	p.settingsLoad, p.settings = load, s
+	p.db.SetMaxOpenConns(s.MaxOpenConns)
+	p.db.SetMaxIdleConns(s.MaxOpenConns)
+	if p.limiter == nil {
+		p.limiter = dblimit.New(s.DBConcurrency, s.MaxOpenConns)
+	} else {
+		// A reload keeps what the limit has learnt, within the new bounds.
+		p.limiter.SetBounds(s.DBConcurrency, s.MaxOpenConns)
+	}
+	return nil
 }
 
 // Release gives up one Get's hold on the pool.
@@ -80,6 +155,14 @@ func (p *Pool) DB() *sql.DB { return p.db }
 
 // Name is the server and database, without credentials.
 func (p *Pool) Name() string { return p.name }
+
+// Limiter bounds the requests working on the database at once; nil when no
+// holder stated settings (only the outbox app holds the pool).
+func (p *Pool) Limiter() *dblimit.Limiter {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.limiter
+}
 
 // Closers are the credentials that recently closed rooms through this pool.
 func (p *Pool) Closers() *closerhint.Set { return p.closers }
@@ -147,4 +230,15 @@ func (p *Pool) closeLocked() {
 func (p *Pool) References() int {
 	n, _ := pools.References(p.key)
 	return n
+}
+
+// The driver's own messages (dropped connections and the like) go to
+// Caddy's log rather than bare stderr. The driver's logger is process-wide,
+// so it is set once, and reads Caddy's current logger at each message.
+var setDriverLogger sync.Once
+
+type driverLogger struct{}
+
+func (driverLogger) Print(v ...any) {
+	caddy.Log().Named("rocketchat_voip.mysql").Warn(strings.TrimSpace(fmt.Sprint(v...)))
 }
