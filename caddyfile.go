@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/cfargs"
 )
 
 func init() {
@@ -61,69 +63,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
-	name := d.Val()
-	args := d.RemainingArgs()
-	one := func() (string, error) {
-		if len(args) != 1 {
-			return "", d.ArgErr()
-		}
-		return args[0], nil
-	}
-	integer := func() (int, error) {
-		arg, err := one()
-		if err != nil {
-			return 0, err
-		}
-		n, err := strconv.Atoi(arg)
-		if err != nil {
-			return 0, d.Errf("%s: not a whole number: %q", name, arg)
-		}
-		return n, nil
-	}
-	duration := func() (caddy.Duration, error) {
-		arg, err := one()
-		if err != nil {
-			return 0, err
-		}
-		dur, err := caddy.ParseDuration(arg)
-		if err != nil {
-			return 0, d.Errf("%s: not a duration: %q", name, arg)
-		}
-		return caddy.Duration(dur), nil
-	}
 	var err error
-	switch name {
+	switch name := d.Val(); name {
 	case "dsn":
-		h.DSN, err = one()
+		h.DSN, err = cfargs.One(d)
 	case "migrate":
-		if len(args) != 0 {
-			return d.ArgErr()
-		}
+		err = cfargs.None(d)
 		h.Migrate = true
 	case "path":
-		h.Path, err = one()
+		h.Path, err = cfargs.One(d)
 	case "login_expiration":
-		h.LoginExpiration, err = duration()
+		h.LoginExpiration, err = cfargs.Duration(d)
 	case "rate_limit":
-		switch {
-		case len(args) == 1 && args[0] == "off":
-			h.RateLimit = &RateLimit{Off: true}
-		case len(args) == 2:
-			n, err := strconv.Atoi(args[0])
-			if err != nil {
-				return d.Errf("rate_limit: the request count is not a whole number: %q", args[0])
-			}
-			window, err := caddy.ParseDuration(args[1])
-			if err != nil {
-				return d.Errf("rate_limit: the window is not a duration: %q", args[1])
-			}
-			h.RateLimit = &RateLimit{Requests: n, Window: caddy.Duration(window)}
-		default:
-			return d.Err("rate_limit takes '<requests> <window>' or 'off'")
-		}
+		h.RateLimit, err = parseRateLimit(d)
 	case "max_body":
 		var arg string
-		if arg, err = one(); err == nil {
+		if arg, err = cfargs.One(d); err == nil {
 			size, perr := humanize.ParseBytes(arg)
 			if perr != nil || size > math.MaxInt64 {
 				return d.Errf("max_body: not a size: %q", arg)
@@ -131,17 +86,37 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 			h.MaxBody = int64(size)
 		}
 	case "db_timeout":
-		h.DBTimeout, err = duration()
+		h.DBTimeout, err = cfargs.Duration(d)
 	case "compat":
-		h.Compat, err = integer()
+		h.Compat, err = cfargs.Int(d)
 	case "max_open_conns":
-		h.MaxOpenConns, err = integer()
+		h.MaxOpenConns, err = cfargs.Int(d)
 	case "db_concurrency":
-		h.DBConcurrency, err = integer()
+		h.DBConcurrency, err = cfargs.Int(d)
 	default:
 		return d.Errf("unrecognized subdirective %q", name)
 	}
 	return err
+}
+
+// parseRateLimit reads 'rate_limit <requests> <window>' or 'rate_limit off'.
+func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 1 && args[0] == "off":
+		return &RateLimit{Off: true}, nil
+	case len(args) == 2:
+		n, err := strconv.Atoi(args[0])
+		if err != nil {
+			return nil, d.Errf("rate_limit: the request count is not a whole number: %q", args[0])
+		}
+		window, err := caddy.ParseDuration(args[1])
+		if err != nil {
+			return nil, d.Errf("rate_limit: the window is not a duration: %q", args[1])
+		}
+		return &RateLimit{Requests: n, Window: caddy.Duration(window)}, nil
+	}
+	return nil, d.Err("rate_limit takes '<requests> <window>' or 'off'")
 }
 
 // Interface guard

@@ -192,7 +192,11 @@ func TestOutboxOption(t *testing.T) {
 	for _, c := range []struct{ name, block, want string }{
 		{"no webhook", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t}", "webhook is required"},
 		{"bad duration", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tlease soon\n\t}", `lease: not a duration: "soon"`},
-		{"lease shorter than the timeout", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/ {\n\t\t\ttimeout 30s\n\t\t}\n\t\tlease 10s\n\t}", "lease must be longer than the webhook timeout"},
+		{"lease shorter than the timeout", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/ {\n\t\t\ttimeout 30s\n\t\t}\n\t\tlease 10s\n\t}", "lease: 10s must be longer than the webhook timeout (30s)"},
+		// Checked against the default lease (30s), not only when both are written.
+		{"a timeout past the default lease", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/ {\n\t\t\ttimeout 60s\n\t\t}\n\t}", "lease: 30s must be longer than the webhook timeout (1m0s)"},
+		{"extra arguments", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tmax_attempts 4 5\n\t}", "wrong argument count"},
+		{"a negative batch", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tbatch -1\n\t}", "batch: must not be negative"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := testcaddy.Adapt("{\n\t" + c.block + "\n}\n:8080 {\n\trespond ok\n}\n")

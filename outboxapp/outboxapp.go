@@ -4,10 +4,10 @@
 package outboxapp
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/cfargs"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/promutil"
@@ -69,7 +70,7 @@ type Outbox struct {
 	store     *outbox.Store
 	deliverer *outbox.Deliverer
 	cancel    context.CancelFunc
-	done      sync.WaitGroup
+	done      chan struct{} // closed when delivery has stopped
 }
 
 // OutboxWebhook is where events are POSTed.
@@ -92,35 +93,69 @@ func (*Outbox) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Validate decides what a valid outbox configuration is.
+// Validate decides what a valid outbox configuration is, judging the values
+// in effect (defaults filled in), so that the lease is checked against the
+// webhook timeout whether the user wrote both or one.
 func (o *Outbox) Validate() error {
-	switch {
-	case o.DSN == "":
+	if o.DSN == "" {
 		return errors.New("dsn is required")
-	case o.Webhook == nil || o.Webhook.URL == "":
+	}
+	if o.Webhook == nil || o.Webhook.URL == "" {
 		return errors.New("webhook is required")
-	case o.MaxAttempts < 0 || o.Batch < 0:
-		return errors.New("max_attempts and batch must not be negative")
-	case o.BackoffBase < 0 || o.BackoffMax < 0 || o.Lease < 0 || o.PollInterval < 0 || o.Webhook.Timeout < 0:
-		return errors.New("durations must not be negative")
-	case o.Lease != 0 && o.Webhook.Timeout != 0 && o.Lease <= o.Webhook.Timeout:
-		return errors.New("lease must be longer than the webhook timeout, or a slow receiver gets events twice")
+	}
+	eff := o.withDefaults()
+	for _, f := range []struct {
+		name  string
+		value int64
+	}{
+		{"max_attempts", int64(eff.MaxAttempts)},
+		{"batch", int64(eff.Batch)},
+		{"backoff (first wait)", int64(eff.BackoffBase)},
+		{"backoff (longest wait)", int64(eff.BackoffMax)},
+		{"lease", int64(eff.Lease)},
+		{"poll_interval", int64(eff.PollInterval)},
+		{"webhook timeout", int64(eff.Webhook.Timeout)},
+	} {
+		if f.value < 0 {
+			return fmt.Errorf("%s: must not be negative", f.name)
+		}
+	}
+	if eff.Lease <= eff.Webhook.Timeout {
+		return fmt.Errorf("lease: %s must be longer than the webhook timeout (%s), or a slow receiver gets events twice",
+			time.Duration(eff.Lease), time.Duration(eff.Webhook.Timeout))
 	}
 	return nil
 }
 
-// Provision opens (or shares) the pool and fills in defaults.
+// withDefaults is a copy of o with every zero value replaced by its default.
+func (o *Outbox) withDefaults() *Outbox {
+	eff := *o
+	if o.Webhook != nil {
+		wh := *o.Webhook
+		eff.Webhook = &wh
+	}
+	eff.applyDefaults()
+	return &eff
+}
+
+func (o *Outbox) applyDefaults() {
+	o.MaxAttempts = cmp.Or(o.MaxAttempts, 10)
+	o.Batch = cmp.Or(o.Batch, 64)
+	o.BackoffBase = cmp.Or(o.BackoffBase, caddy.Duration(time.Second))
+	o.BackoffMax = cmp.Or(o.BackoffMax, caddy.Duration(5*time.Minute))
+	o.Lease = cmp.Or(o.Lease, caddy.Duration(30*time.Second))
+	o.PollInterval = cmp.Or(o.PollInterval, caddy.Duration(250*time.Millisecond))
+	if o.Webhook != nil {
+		o.Webhook.Timeout = cmp.Or(o.Webhook.Timeout, caddy.Duration(10*time.Second))
+	}
+}
+
+// Provision fills in defaults, validates, and opens (or shares) the pool.
 func (o *Outbox) Provision(ctx caddy.Context) error {
+	o.applyDefaults()
 	if err := o.Validate(); err != nil {
 		return err
 	}
-	setDefault(&o.MaxAttempts, 10)
-	setDefault(&o.Batch, 64)
-	setDefault(&o.BackoffBase, caddy.Duration(time.Second))
-	setDefault(&o.BackoffMax, caddy.Duration(5*time.Minute))
-	setDefault(&o.Lease, caddy.Duration(30*time.Second))
-	setDefault(&o.PollInterval, caddy.Duration(250*time.Millisecond))
-	setDefault(&o.Webhook.Timeout, caddy.Duration(10*time.Second))
 	o.logger = ctx.Logger()
 	initOutboxMetrics()
 	if err := promutil.Register(ctx.GetMetricsRegistry(), outboxMetrics.all()...); err != nil {
@@ -161,7 +196,11 @@ func (o *Outbox) Start() error {
 	}, outboxObserver{o.logger})
 	runCtx, stop := context.WithCancel(context.Background())
 	o.cancel = stop
-	o.done.Go(func() { o.deliverer.Run(runCtx) })
+	o.done = make(chan struct{})
+	go func() {
+		defer close(o.done)
+		o.deliverer.Run(runCtx)
+	}()
 	return nil
 }
 
@@ -170,7 +209,7 @@ func (o *Outbox) Start() error {
 func (o *Outbox) Stop() error {
 	if o.cancel != nil {
 		o.cancel()
-		o.done.Wait()
+		<-o.done
 	}
 	if o.store != nil {
 		o.store.Close()
@@ -184,13 +223,6 @@ func (o *Outbox) Cleanup() error {
 		return o.pool.Release()
 	}
 	return nil
-}
-
-func setDefault[T comparable](v *T, def T) {
-	var zero T
-	if *v == zero {
-		*v = def
-	}
 }
 
 // outboxObserver turns delivery events into metrics and log lines; the
@@ -266,81 +298,28 @@ func (m *outboxMetricSet) all() []prometheus.Collector {
 func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	o := new(Outbox)
 	d.Next()
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	duration := func() (caddy.Duration, error) {
-		name := d.Val()
-		if !d.NextArg() {
-			return 0, d.ArgErr()
-		}
-		v, err := caddy.ParseDuration(d.Val())
-		if err != nil {
-			return 0, d.Errf("%s: not a duration: %q", name, d.Val())
-		}
-		return caddy.Duration(v), nil
-	}
-	integer := func() (int, error) {
-		name := d.Val()
-		if !d.NextArg() {
-			return 0, d.ArgErr()
-		}
-		n, err := strconv.Atoi(d.Val())
-		if err != nil {
-			return 0, d.Errf("%s: not a whole number: %q", name, d.Val())
-		}
-		return n, nil
+	if err := cfargs.None(d); err != nil {
+		return nil, err
 	}
 	for d.NextBlock(0) {
 		var err error
-		switch d.Val() {
+		switch name := d.Val(); name {
 		case "dsn":
-			if !d.AllArgs(&o.DSN) {
-				return nil, d.ArgErr()
-			}
+			o.DSN, err = cfargs.One(d)
 		case "webhook":
-			o.Webhook = &OutboxWebhook{}
-			if !d.NextArg() {
-				return nil, d.ArgErr()
-			}
-			o.Webhook.URL = d.Val()
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				switch d.Val() {
-				case "secret":
-					if !d.AllArgs(&o.Webhook.Secret) {
-						return nil, d.ArgErr()
-					}
-				case "timeout":
-					o.Webhook.Timeout, err = duration()
-				default:
-					return nil, d.Errf("unrecognized webhook subdirective %q", d.Val())
-				}
-				if err != nil {
-					return nil, err
-				}
-			}
+			o.Webhook, err = parseWebhook(d)
 		case "max_attempts":
-			o.MaxAttempts, err = integer()
+			o.MaxAttempts, err = cfargs.Int(d)
 		case "batch":
-			o.Batch, err = integer()
+			o.Batch, err = cfargs.Int(d)
 		case "backoff":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return nil, d.Err("backoff takes '<first wait> <longest wait>'")
-			}
-			for i, dst := range []*caddy.Duration{&o.BackoffBase, &o.BackoffMax} {
-				v, perr := caddy.ParseDuration(args[i])
-				if perr != nil {
-					return nil, d.Errf("backoff: not a duration: %q", args[i])
-				}
-				*dst = caddy.Duration(v)
-			}
+			o.BackoffBase, o.BackoffMax, err = parseBackoff(d)
 		case "lease":
-			o.Lease, err = duration()
+			o.Lease, err = cfargs.Duration(d)
 		case "poll_interval":
-			o.PollInterval, err = duration()
+			o.PollInterval, err = cfargs.Duration(d)
 		default:
-			return nil, d.Errf("unrecognized subdirective %q", d.Val())
+			return nil, d.Errf("unrecognized subdirective %q", name)
 		}
 		if err != nil {
 			return nil, err
@@ -350,6 +329,46 @@ func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 		return nil, d.Err(err.Error())
 	}
 	return httpcaddyfile.App{Name: "rocketchat_voip_outbox", Value: caddyconfig.JSON(o, nil)}, nil
+}
+
+// parseWebhook reads 'webhook <url> { secret <secret>  timeout <duration> }'.
+func parseWebhook(d *caddyfile.Dispenser) (*OutboxWebhook, error) {
+	url, err := cfargs.One(d)
+	if err != nil {
+		return nil, err
+	}
+	wh := &OutboxWebhook{URL: url}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch name := d.Val(); name {
+		case "secret":
+			wh.Secret, err = cfargs.One(d)
+		case "timeout":
+			wh.Timeout, err = cfargs.Duration(d)
+		default:
+			return nil, d.Errf("unrecognized webhook subdirective %q", name)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return wh, nil
+}
+
+// parseBackoff reads 'backoff <first wait> <longest wait>'.
+func parseBackoff(d *caddyfile.Dispenser) (base, longest caddy.Duration, err error) {
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return 0, 0, d.Err("backoff takes '<first wait> <longest wait>'")
+	}
+	waits := make([]caddy.Duration, 2)
+	for i, arg := range args {
+		v, err := caddy.ParseDuration(arg)
+		if err != nil {
+			return 0, 0, d.Errf("backoff: not a duration: %q", arg)
+		}
+		waits[i] = caddy.Duration(v)
+	}
+	return waits[0], waits[1], nil
 }
 
 var (
