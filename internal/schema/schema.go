@@ -51,40 +51,60 @@ type Migration struct {
 	Statements []string
 }
 
+// embedded are the migrations built in, read and checked once at start: a
+// broken set is an error of every call that needs it, never a version 0.
+var embedded, embeddedErr = load(migrationFiles, "migrations")
+
 // Migrations returns the embedded migrations in version order.
-func Migrations() ([]Migration, error) {
-	entries, err := fs.ReadDir(migrationFiles, "migrations")
+func Migrations() ([]Migration, error) { return embedded, embeddedErr }
+
+// load reads the migrations in dir of fsys: files named NNNN_name.sql, each
+// version once, each with at least one statement.
+func load(fsys fs.FS, dir string) ([]Migration, error) {
+	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading the embedded migrations: %w", err)
 	}
 	var out []Migration
+	seen := map[int]string{}
 	for _, e := range entries {
 		name := e.Name()
 		num, _, ok := strings.Cut(name, "_")
-		if !ok {
-			return nil, fmt.Errorf("migration %s: name must start with NNNN_", name)
+		if !ok || !strings.HasSuffix(name, ".sql") {
+			return nil, fmt.Errorf("migration %s: name must be NNNN_name.sql", name)
 		}
 		v, err := strconv.Atoi(num)
-		if err != nil {
-			return nil, fmt.Errorf("migration %s: %v", name, err)
+		if err != nil || v < 1 {
+			return nil, fmt.Errorf("migration %s: the version must be a positive number", name)
 		}
-		body, err := migrationFiles.ReadFile("migrations/" + name)
+		if other, dup := seen[v]; dup {
+			return nil, fmt.Errorf("migrations %s and %s have the same version", other, name)
+		}
+		seen[v] = name
+		body, err := fs.ReadFile(fsys, dir+"/"+name)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Migration{Version: v, Name: strings.TrimSuffix(name, ".sql"), Statements: splitStatements(string(body))})
+		stmts := splitStatements(string(body))
+		if len(stmts) == 0 {
+			return nil, fmt.Errorf("migration %s has no statement", name)
+		}
+		out = append(out, Migration{Version: v, Name: strings.TrimSuffix(name, ".sql"), Statements: stmts})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no migration is embedded")
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Version < out[j].Version })
 	return out, nil
 }
 
-// Latest is the schema version this build of the gateway needs.
+// Latest is the schema version this build of the gateway needs (0 only
+// when the embedded migrations are broken, which Check and Migrate report).
 func Latest() int {
-	ms, err := Migrations()
-	if err != nil || len(ms) == 0 {
+	if embeddedErr != nil {
 		return 0
 	}
-	return ms[len(ms)-1].Version
+	return embedded[len(embedded)-1].Version
 }
 
 // splitStatements cuts a migration file into statements at semicolons that end
@@ -129,6 +149,9 @@ func Version(ctx context.Context, db *sql.DB) (int, error) {
 // Check returns an error that tells the operator what to do when db's schema
 // is older than this build needs.
 func Check(ctx context.Context, db *sql.DB) error {
+	if embeddedErr != nil {
+		return embeddedErr
+	}
 	have, err := Version(ctx, db)
 	if err != nil {
 		return fmt.Errorf("reading schema version: %w", err)

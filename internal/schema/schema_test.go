@@ -4,8 +4,11 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"io/fs"
+	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
@@ -90,5 +93,37 @@ func concurrentMigrators(t *testing.T, migrate func(context.Context, *sql.DB) ([
 	}
 	if n := db.Count(t, schema.VersionTable); n != schema.Latest() {
 		t.Fatalf("%d version rows, want %d", n, schema.Latest())
+	}
+}
+
+// A broken set of migrations is an error, never a schema version of 0 that
+// every database would pass.
+func TestLoadRefusesBrokenMigrations(t *testing.T) {
+	ok := &fstest.MapFile{Data: []byte("CREATE TABLE t (id INT PRIMARY KEY);\n")}
+	cases := []struct {
+		name  string
+		files fstest.MapFS
+		want  string
+	}{
+		{"no migration", fstest.MapFS{"m/README": &fstest.MapFile{}}, "name must be NNNN_name.sql"},
+		{"empty directory", fstest.MapFS{"m": &fstest.MapFile{Mode: fs.ModeDir}}, "no migration is embedded"},
+		{"no version", fstest.MapFS{"m/initial.sql": ok}, "name must be NNNN_name.sql"},
+		{"version zero", fstest.MapFS{"m/0000_x.sql": ok}, "positive number"},
+		{"two files, one version", fstest.MapFS{"m/0001_a.sql": ok, "m/01_b.sql": ok}, "have the same version"},
+		{"only comments", fstest.MapFS{"m/0001_a.sql": &fstest.MapFile{Data: []byte("-- nothing\n")}}, "has no statement"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if _, err := schema.Load(c.files, "m"); err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("got %v, want an error containing %q", err, c.want)
+			}
+		})
+	}
+	ms, err := schema.Load(fstest.MapFS{"m/0002_b.sql": ok, "m/0001_a.sql": ok}, "m")
+	if err != nil || len(ms) != 2 || ms[0].Version != 1 || ms[1].Name != "0002_b" {
+		t.Fatalf("a good set: %+v, %v", ms, err)
+	}
+	if _, err := schema.Migrations(); err != nil || schema.Latest() < 3 {
+		t.Fatalf("the embedded set: latest %d, %v", schema.Latest(), err)
 	}
 }
