@@ -37,6 +37,14 @@ const (
 	OutcomeInternalError  = "internal_error"
 )
 
+// outcomes lists every Outcome, so that each metric series exists (at 0)
+// from the start; TestMetrics checks that exactly these series exist.
+var outcomes = []string{
+	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
+	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeUnreadableBody,
+	OutcomeUnavailable, OutcomeClientClosed, OutcomeInternalError,
+}
+
 // Placeholders set on every handled request.
 const (
 	placeholderOutcome = "http.rocketchat_voip.outcome"

@@ -11,14 +11,6 @@ import (
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/promutil"
 )
 
-// outcomes lists every value of the outcome label, so that each series
-// exists (at 0) from the start.
-var outcomes = []string{
-	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
-	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeUnreadableBody,
-	OutcomeUnavailable, OutcomeClientClosed, OutcomeInternalError,
-}
-
 // metrics are process-wide, like Caddy's own HTTP metrics, so counts carry
 // across config reloads; each config's registry gets them registered anew.
 var metrics struct {

@@ -1,6 +1,6 @@
 // Package systemtest proves the module end to end: each test runs Caddy with
-// the module (a real process or the caddytest harness), a real MySQL or
-// MariaDB, and a real upstream on loopback. Files are grouped by what they
+// the module (in-process or as a process, internal/testcaddy), a real MySQL
+// or MariaDB, and a real upstream on loopback. Files are grouped by what they
 // prove: the contract table, hostile input, database failures, pass-through,
 // operability, reloads, exactly-once and outages, soak and restarts.
 package systemtest

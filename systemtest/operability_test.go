@@ -60,7 +60,16 @@ func TestMetrics(t *testing.T) {
 
 	want := map[string]float64{
 		"closed": 1, "unauthorized": 2, "forbidden": 1, "room_closed": 1, "invalid_params": 1, "rate_limited": 1,
-		"invalid_token": 0, "invalid_room": 0, "too_large": 0, "unavailable": 0, "internal_error": 0,
+		"invalid_token": 0, "invalid_room": 0, "too_large": 0, "unreadable_body": 0, "unavailable": 0,
+		"client_closed": 0, "internal_error": 0,
+	}
+	// Every outcome has its series from the start, and no other exists.
+	for key := range after {
+		if outcome, ok := strings.CutPrefix(key, `caddy_rocketchat_voip_requests_total{outcome="`); ok {
+			if _, listed := want[strings.TrimSuffix(outcome, `"}`)]; !listed {
+				t.Errorf("series %s is not an outcome this test knows", key)
+			}
+		}
 	}
 	for outcome, n := range want {
 		key := fmt.Sprintf(`caddy_rocketchat_voip_requests_total{outcome="%s"}`, outcome)
