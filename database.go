@@ -85,12 +85,16 @@ func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(contex
 		return db.failed(fmt.Errorf("waiting for a database slot: %w", err))
 	}
 	heldFrom := time.Now()
+	failed := true // unless fn returns a reply other than 503: a panic in fn gives the slot back too
+	defer func() {
+		if failed {
+			h.dbLimit.ReleaseFailed()
+		} else {
+			h.dbLimit.Release(time.Since(heldFrom), db.roundTrips)
+		}
+	}()
 	rep := fn(ctx, db)
-	if rep.outcome == OutcomeUnavailable {
-		h.dbLimit.ReleaseFailed()
-	} else {
-		h.dbLimit.Release(time.Since(heldFrom), db.roundTrips)
-	}
+	failed = rep.outcome == OutcomeUnavailable
 	return rep
 }
 
