@@ -86,3 +86,19 @@ start_throwaway_mariadb() {
     --bind-address=127.0.0.1 --user="$user" --pid-file="$dir/mariadb.pid" --log-error="$dir/error.log" \
     --innodb-buffer-pool-size=256M --max-connections=500 >/dev/null 2>&1 &
 }
+
+# ensure_promtool finds promtool, which tests the alert rules in
+# examples/monitoring; as root on Debian/Ubuntu it installs it with apt-get
+# (the prometheus package) when missing. Otherwise the Go test that runs it
+# skips, except under CI=true, where it fails.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "promtool: not found; installing prometheus (which has it) with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq --no-install-recommends prometheus >&2 || die "apt-get install prometheus failed"
+    command -v promtool >/dev/null 2>&1 || die "prometheus installed but no promtool found"
+  else
+    say "promtool: not found; the alert rules' tests will skip (install Debian's 'prometheus' package to run them)"
+  fi
+}

@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$ROOT_DIR"
 ensure_go
 ensure_mysql
+ensure_promtool
 say "installing the conformance oracle (Rocket.Chat's validator and REST client)"
 bash conformance/testdata/rocketchat/setup.sh
 # A test that needs MySQL fails, never skips, when it is missing.
