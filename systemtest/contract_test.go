@@ -114,23 +114,41 @@ func (e *env) postAs(t *testing.T, u testdb.Agent, body string) response {
 
 func (e *env) do(t *testing.T, method, path string, headers map[string]string, body string) response {
 	t.Helper()
-	req, err := http.NewRequest(method, e.caddy.BaseURL+path, strings.NewReader(body))
+	r, err := e.try(method, path, headers, body)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return r
+}
+
+// tryPost is post for a goroutine other than the test's: it returns the
+// error rather than failing the test (t.Fatal there would end only the
+// goroutine, and leave the test waiting for its answer).
+func (e *env) tryPost(body string) (response, error) {
+	return e.try(http.MethodPost, closePath, map[string]string{
+		"X-User-Id": e.agent.ID, "X-Auth-Token": e.agent.Token, "Content-Type": "application/json",
+	}, body)
+}
+
+// try is do returning its error; any goroutine may call it.
+func (e *env) try(method, path string, headers map[string]string, body string) (response, error) {
+	req, err := http.NewRequest(method, e.caddy.BaseURL+path, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
 	}
 	for k, v := range headers {
 		req.Header[k] = []string{v} // as given, not canonicalised
 	}
 	resp, err := e.client.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return response{}, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return response{}, err
 	}
-	return response{resp.StatusCode, resp.Header, string(b)}
+	return response{resp.StatusCode, resp.Header, string(b)}, nil
 }
 
 func closeBody(rid, token string) string {
@@ -649,20 +667,21 @@ func TestConcurrentClosesExactlyOneWins(t *testing.T) {
 	const n = 50
 	var wg sync.WaitGroup
 	results := make([]response, n)
+	errs := make([]error, n)
 	startGate := make(chan struct{})
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			<-startGate
-			results[i] = e.post(t, closeBody(e.roomID, e.visitor.Token))
-		}()
+			results[i], errs[i] = e.tryPost(closeBody(e.roomID, e.visitor.Token))
+		})
 	}
 	close(startGate)
 	wg.Wait()
 	wins, losses := 0, 0
-	for _, r := range results {
+	for i, r := range results {
 		switch {
+		case errs[i] != nil:
+			t.Errorf("a close got no answer: %v", errs[i])
 		case r.status == 200 && r.body == `{"rid":"ROOM1","success":true}`:
 			wins++
 		case r.status == 400 && r.body == `{"success":false,"error":"room-closed"}`:

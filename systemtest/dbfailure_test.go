@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"net/http"
 	"testing"
@@ -157,7 +158,7 @@ func TestStallAtTransactionEdges(t *testing.T) {
 // waits for that slot rather than joining the pile-up in the database, and
 // goes through once the stuck close gives up at its db_timeout.
 func TestCloseSlotsBoundTheDatabaseWork(t *testing.T) {
-	e := newEnv(t, "db_timeout 700ms", "db_concurrency 1", "rate_limit off")
+	e := newEnv(t, "db_timeout 2500ms", "db_concurrency 1", "rate_limit off")
 	e.db.AddRoom(t, "FREE", e.visitor, time.Now().UTC(), nil)
 	ctx := context.Background()
 	holder, err := e.db.BeginTx(ctx, nil)
@@ -170,23 +171,60 @@ func TestCloseSlotsBoundTheDatabaseWork(t *testing.T) {
 	}
 	type answer struct {
 		response
-		at time.Time
+		err error
+		at  time.Time
 	}
-	stuck := make(chan answer)
+	stuck := make(chan answer, 1)
 	go func() {
-		r := e.post(t, closeBody(e.roomID, e.visitor.Token))
-		stuck <- answer{r, time.Now()}
+		r, err := e.tryPost(closeBody(e.roomID, e.visitor.Token))
+		stuck <- answer{r, err, time.Now()}
 	}()
-	time.Sleep(150 * time.Millisecond) // the stuck close has the slot
+	// The stuck close has the slot once its UPDATE waits for the row lock.
+	// The free close is sent when it has waited a second, so that the free
+	// close, which waits within its own db_timeout, has a second of it left
+	// when the stuck one gives up.
+	for deadline := time.Now().Add(5 * time.Second); closeWaitedSeconds(t, e.db) < 1; time.Sleep(20 * time.Millisecond) {
+		select {
+		case s := <-stuck:
+			t.Fatalf("the close of the locked room was answered before it waited a second for the lock: %d %s %v", s.status, s.body, s.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the close of the locked room never waited for the lock")
+		}
+	}
+	freeSent := time.Now()
 	free := e.post(t, closeBody("FREE", e.visitor.Token))
 	freeAt := time.Now()
 	s := <-stuck
+	if s.err != nil {
+		t.Fatal(s.err)
+	}
 	expect(t, s.response, 503, body503)
 	expect(t, free, 200, `{"rid":"FREE","success":true}`)
+	if !freeSent.Before(s.at) {
+		t.Fatal("the free room's close was sent after the stuck one gave up: nothing tested the slot")
+	}
 	if freeAt.Before(s.at) {
 		t.Fatal("the free room's close did not wait for the only slot")
 	}
 	if !e.room(t, e.roomID).open {
 		t.Fatal("the room whose close timed out was closed")
 	}
+}
+
+// closeWaitedSeconds is how many whole seconds the room close's UPDATE
+// running on db's database has been waiting (-1: none is running). The
+// process list says, not information_schema.INNODB_TRX, whose server-wide
+// cache stays stale while anyone reads it more often than every 100 ms.
+func closeWaitedSeconds(t *testing.T, db *testdb.DB) int {
+	t.Helper()
+	var secs sql.NullInt64
+	if err := db.QueryRow("SELECT MAX(TIME) FROM information_schema.PROCESSLIST WHERE DB = ? AND INFO LIKE 'UPDATE rooms SET open = FALSE%'", db.Name).Scan(&secs); err != nil {
+		t.Fatal(err)
+	}
+	if !secs.Valid {
+		return -1
+	}
+	return int(secs.Int64)
 }

@@ -384,6 +384,7 @@ func TestOutboxThroughReloads(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	reloads := 0
+	var reloadErr error
 	wg.Go(func() {
 		for {
 			select {
@@ -391,7 +392,9 @@ func TestOutboxThroughReloads(t *testing.T) {
 				return
 			case <-time.After(100 * time.Millisecond):
 			}
-			adminLoad(t, admin, c.Caddyfile)
+			if reloadErr = tryAdminLoad(admin, c.Caddyfile); reloadErr != nil {
+				return
+			}
 			reloads++
 		}
 	})
@@ -401,6 +404,9 @@ func TestOutboxThroughReloads(t *testing.T) {
 	got := rc.waitFor(t, eventIDs(t, db), 30*time.Second)
 	close(stop)
 	wg.Wait()
+	if reloadErr != nil {
+		t.Fatal(reloadErr)
+	}
 	for id, n := range got {
 		if n != 1 {
 			t.Errorf("event %d delivered %d times", id, n)

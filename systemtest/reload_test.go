@@ -23,14 +23,22 @@ func connections(t *testing.T, db *testdb.DB, name string) int {
 
 func adminLoad(t *testing.T, admin, caddyfile string) {
 	t.Helper()
+	if err := tryAdminLoad(admin, caddyfile); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tryAdminLoad is adminLoad for a goroutine other than the test's.
+func tryAdminLoad(admin, caddyfile string) error {
 	resp, err := http.Post("http://"+admin+"/load", "text/caddyfile", strings.NewReader(caddyfile))
 	if err != nil {
-		t.Fatal(err)
+		return fmt.Errorf("reload: %w", err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("reload answered %d", resp.StatusCode)
+		return fmt.Errorf("reload answered %d", resp.StatusCode)
 	}
+	return nil
 }
 
 // 50 reloads through the admin API while requests flow: no request fails,
