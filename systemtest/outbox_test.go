@@ -1,6 +1,9 @@
 package systemtest
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -37,9 +40,11 @@ type receiver struct {
 }
 
 type delivery struct {
-	id   int64
-	rid  string
-	body outbox.Body
+	id        int64
+	rid       string
+	body      outbox.Body
+	raw       string // the body's bytes
+	signature string // the signature header
 }
 
 func startReceiver(t *testing.T) *receiver {
@@ -73,13 +78,21 @@ func (rc *receiver) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	if r.Header.Get(outbox.HeaderSignature) != outbox.Sign([]byte(webhookSecret), body) ||
+	if r.Header.Get(outbox.HeaderSignature) != hmacSHA256(webhookSecret, body) ||
 		r.Header.Get(outbox.HeaderDelivery) != strconv.FormatInt(b.ID, 10) ||
 		r.Header.Get(outbox.HeaderEvent) != b.Type || r.Header.Get("Content-Type") != "application/json" {
 		rc.badSig++
 	}
-	rc.accepted = append(rc.accepted, delivery{id: b.ID, rid: b.Rid, body: b})
+	rc.accepted = append(rc.accepted, delivery{id: b.ID, rid: b.Rid, body: b, raw: string(body), signature: r.Header.Get(outbox.HeaderSignature)})
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// hmacSHA256 is the documented signature, "sha256=" and the hex
+// HMAC-SHA256 of the body, computed here rather than by the code under test.
+func hmacSHA256(secret string, body []byte) string {
+	mac := hmac.New(sha256.New, []byte(secret))
+	mac.Write(body)
+	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
 // counts returns how often each event id was accepted.
@@ -223,8 +236,15 @@ func TestOutboxDeliversEveryClose(t *testing.T) {
 		}
 	}
 	rc.checkOrderAndSignatures(t)
-	if n := db.Count(t, "room_events WHERE delivery_state = 'delivered' AND delivered_at IS NOT NULL"); n != len(ids) {
-		t.Errorf("%d rows marked delivered, want %d", n, len(ids))
+	// A batch is recorded as delivered after its last 2xx.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n := db.Count(t, "room_events WHERE delivery_state = 'delivered' AND delivered_at IS NOT NULL")
+		if n == len(ids) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rows marked delivered, want %d", n, len(ids))
+		}
 	}
 	// The body is what the README promises.
 	rc.mu.Lock()
@@ -232,6 +252,32 @@ func TestOutboxDeliversEveryClose(t *testing.T) {
 	rc.mu.Unlock()
 	if d.body.Type == "" || d.body.Rid == "" || !strings.HasSuffix(d.body.CreatedAt, "Z") || len(d.body.CreatedAt) != len("2006-01-02T15:04:05.000Z") || len(d.body.Payload) == 0 {
 		t.Errorf("body %+v", d.body)
+	}
+}
+
+// TestOutboxSignsTheDocumentedBody: one event of fixed content reaches the
+// receiver as exactly the documented body, with the signature computed apart
+// from this code:
+//
+//	printf '%s' '<body>' | openssl dgst -sha256 -hmac 'test-webhook-secret'
+func TestOutboxSignsTheDocumentedBody(t *testing.T) {
+	const (
+		wantBody      = `{"id":42,"type":"room.closed","rid":"GOLDEN","created_at":"2026-12-01T09:00:00.120Z","payload":{"n":1}}`
+		wantSignature = "sha256=bba5a9cbffd4f9ce092c93e4e7ac2370bc7786ceb1c83321c51d28e5bf4935b4"
+	)
+	rc := startReceiver(t)
+	db := testdb.New(t)
+	db.Exec(t, `INSERT INTO room_events (id, rid, type, payload, created_at) VALUES (42, 'GOLDEN', 'room.closed', '{"n": 1}', '2026-12-01 09:00:00.120')`)
+	testcaddy.Start(t, outboxGlobals(db.DSN, rc.URL, ""), "\trespond ok")
+	rc.waitFor(t, []int64{42}, 10*time.Second)
+	rc.mu.Lock()
+	d := rc.accepted[0]
+	rc.mu.Unlock()
+	if d.raw != wantBody {
+		t.Errorf("body\n%s\nwant\n%s", d.raw, wantBody)
+	}
+	if d.signature != wantSignature {
+		t.Errorf("signature %s, want %s", d.signature, wantSignature)
 	}
 }
 
