@@ -132,10 +132,10 @@ func seamHandler(t *testing.T, db database) (*Handler, *observer.ObservedLogs) {
 	initMetrics()
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := &Handler{DSN: "stub", DBTimeout: caddy.Duration(300 * time.Millisecond), RateLimit: &RateLimit{Requests: 5, Window: caddy.Duration(time.Minute)}}
+	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h.applyDefaults()
 	h.logger = zap.New(core)
 	h.db = db
 	h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
