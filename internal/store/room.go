@@ -113,7 +113,7 @@ func callMetrics(callUniqueID sql.NullString, pbxEvents []byte, now time.Time) (
 		switch *e[0] {
 		case "AgentConnect":
 			if !seenConnect && e[1] != nil {
-				if secs, err := strconv.ParseFloat(*e[1], 64); err == nil && !math.IsInf(secs, 0) {
+				if secs, err := strconv.ParseFloat(*e[1], 64); err == nil && !math.IsInf(secs, 0) && !math.IsNaN(secs) {
 					waiting = sql.NullInt64{Int64: int64(math.Round(secs * 1000)), Valid: true}
 				}
 			}

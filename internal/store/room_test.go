@@ -143,6 +143,8 @@ func TestCallMetrics(t *testing.T) {
 			events: events(ev("AgentConnect", "soon", at(-time.Minute), "a")), wantWaiting: none},
 		{name: "an infinite hold time", call: call,
 			events: events(ev("AgentConnect", "Inf", at(-time.Minute), "a")), wantWaiting: none},
+		{name: "a hold time of NaN", call: call,
+			events: events(ev("AgentConnect", "NaN", at(-time.Minute), "a")), wantWaiting: none},
 		{name: "Hold/Unhold pairs summed", call: call,
 			events: events(ev("Hold", "null", at(-50*time.Second), "h1"), ev("Unhold", "null", at(-48*time.Second), "u1"),
 				ev("Hold", "null", at(-30*time.Second), "h2"), ev("Unhold", "null", at(-29500*time.Millisecond), "u2")),
