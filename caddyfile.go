@@ -30,6 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	rocketchat_voip {
 //	    dsn <dsn>
 //	    migrate
+//	    require_database
 //	    path <path>
 //	    login_expiration <duration>
 //	    rate_limit <requests> <window> | off
@@ -70,6 +71,9 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 	case "migrate":
 		err = cfargs.None(d)
 		h.Migrate = true
+	case "require_database":
+		err = cfargs.None(d)
+		h.RequireDatabase = true
 	case "path":
 		h.Path, err = cfargs.One(d)
 	case "login_expiration":

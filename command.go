@@ -120,6 +120,8 @@ func checkCommand() *cobra.Command {
 		Short: "Check that a database is ready: reachable, schema current, permission rows present",
 		Args:  cobra.NoArgs,
 		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+			// openFromFlags has connected: an unreachable database never gets
+			// here (see unreachableProblem).
 			problems := checkDatabase(ctx, db)
 			for _, p := range problems {
 				fmt.Fprintln(c.OutOrStdout(), "problem:", p)
@@ -132,6 +134,15 @@ func checkCommand() *cobra.Command {
 		}),
 	}
 	addDSNFlag(c)
+	run := c.RunE
+	c.RunE = func(c *cobra.Command, args []string) error {
+		err := run(c, args)
+		var away *dbconnect.UnreachableError
+		if errors.As(err, &away) {
+			fmt.Fprintf(c.OutOrStdout(), "problem: %v (Caddy would start without it: room.close answers 503 until a server answers)\n", away)
+		}
+		return err
+	}
 	return c
 }
 

@@ -42,6 +42,10 @@ type database interface {
 	Store() requestStore
 }
 
+// errDatabaseNotReady answers room.close while the pool is not in service;
+// the pool's warnings say why, so a request logs it only at debug level.
+var errDatabaseNotReady = errors.New("the database is not in service yet: no server has answered, or the schema is not current")
+
 // pooled is the database of a shared pool.
 type pooled struct{ *dbpool.Pool }
 
@@ -67,8 +71,10 @@ func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(contex
 	defer h.db.Done()
 	s := h.db.Store()
 	if s == nil {
-		// The schema gate has not prepared this pool yet (the config is
-		// still starting).
+		// No server has answered yet (the pool keeps trying, and warns), or
+		// the schema gate has not prepared this pool (the config is still
+		// starting).
+		st.err = errDatabaseNotReady
 		return replyUnavailable
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout))

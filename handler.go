@@ -220,6 +220,8 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	}
 	level, msg := zapcore.DebugLevel, "room.close handled"
 	switch {
+	case errors.Is(st.err, errDatabaseNotReady):
+		// The pool warns about it every few seconds, not per request.
 	case st.outcome == OutcomeUnavailable:
 		level, msg = zapcore.ErrorLevel, "room.close: database failure"
 	case st.outcome == OutcomeClientClosed:

@@ -64,7 +64,7 @@ func initMetrics() {
 // registerMetrics adds the module's metrics to the config's registry.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool)
+	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool, dbpool.UpCollector)
 }
 
 func observeRequest(outcome string, took time.Duration) {

@@ -10,7 +10,6 @@ package rocketchatvoip
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -20,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
@@ -84,6 +84,18 @@ type Handler struct {
 	// a database whose schema is older than this build needs fails the
 	// config load, unless another site of the same config migrates it.
 	Migrate bool `json:"migrate,omitempty"`
+
+	// RequireDatabase fails the config load, at start and at every reload,
+	// when no server of the DSN answers, as the module did before it could
+	// start without its database. Without it (the default) the module
+	// starts degraded: other requests pass as ever, room.close answers 503
+	// until a server answers, and then is served with no reload. Set it
+	// where a Caddy without its database must not come up at all, for
+	// example behind a load balancer that should route only to edges that
+	// can close rooms. A server that answers and refuses (access denied,
+	// unknown database, missing privilege, outdated schema) fails the load
+	// either way.
+	RequireDatabase bool `json:"require_database,omitempty"`
 
 	// Path is the exact request path that is handled. Default:
 	// /api/v1/voip/room.close.
@@ -237,7 +249,8 @@ func (h *Handler) applyDefaults() {
 
 // Provision connects to MySQL (or reuses the pool of an earlier config with
 // the same DSN), checks or migrates the schema, and prepares every statement
-// the request path uses.
+// the request path uses; a database that does not answer is left to come
+// up in the background (see RequireDatabase).
 func (h *Handler) Provision(ctx caddy.Context) error {
 	// Refuse a bad config before touching anything shared.
 	h.applyDefaults()
@@ -257,17 +270,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.pool, h.db, h.dbLimit = pool, pooled{pool}, pool.Limiter()
-
-	setupCtx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	ready, err := h.ensureSchema(ctx, setupCtx)
-	if err != nil {
-		return err
+	if h.Migrate {
+		h.pool.AddMigrator()
 	}
-	if ready {
-		if err := h.pool.Prepare(setupCtx); err != nil {
-			return fmt.Errorf("preparing statements on %s: %w", h.pool.Name(), err)
-		}
+	if err := h.setupDatabase(ctx); err != nil {
+		return err
 	}
 
 	if !h.RateLimit.Off {
@@ -290,36 +297,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// ensureSchema migrates the database (with migrate) or checks that its
-// schema is current, and reports whether the statements can be prepared
-// now. An outdated schema without migrate is not yet an error: another site
-// of this config may migrate the database after this one is provisioned,
-// so the schema gate decides once all of them are.
-func (h *Handler) ensureSchema(ctx caddy.Context, setupCtx context.Context) (ready bool, err error) {
-	where := h.pool.Name()
-	if h.Migrate {
-		applied, err := schema.Migrate(setupCtx, h.pool.DB())
-		if err != nil {
-			return false, fmt.Errorf("migrating %s: %w", where, err)
-		}
-		if len(applied) > 0 {
-			h.logger.Info("applied schema migrations", zap.Ints("versions", applied))
-		}
-		return true, nil
-	}
-	err = schema.Check(setupCtx, h.pool.DB())
-	if errors.As(err, new(*schema.OutdatedError)) {
+// setupDatabase brings the pool into service (dbpool.Setup: schema checked
+// or migrated, statements prepared), or leaves it to come up in the
+// background when no server answers: the handler then starts degraded,
+// unless require_database says otherwise. An outdated schema without
+// migrate is not yet an error: another site of this config may migrate the
+// database after this one is provisioned, so the schema gate decides once
+// all of them are.
+func (h *Handler) setupDatabase(ctx caddy.Context) error {
+	err := h.pool.Setup(ctx, h.Migrate)
+	var away *dbconnect.UnreachableError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &away) && !h.RequireDatabase:
+		h.logger.Warn("database unreachable: starting without it; room.close answers 503 until a server answers, then is served with no reload (require_database fails the load instead)",
+			zap.String("database", away.Name), zap.Error(away.Err))
+		return nil
+	case errors.As(err, new(*schema.OutdatedError)):
 		gate, err := ctx.App(schemaGateID)
 		if err != nil {
-			return false, err
+			return err
 		}
 		gate.(*schemaGate).checkLater(h.pool)
-		return false, nil
+		return nil
 	}
-	if err != nil {
-		return false, fmt.Errorf("%s: %w", where, err)
-	}
-	return true, nil
+	return err
 }
 
 // Cleanup releases this config's hold on the pool; the last holder closes it.
@@ -328,6 +331,9 @@ func (h *Handler) Cleanup() error {
 		limiters.Delete(h.limiterKey) //nolint:errcheck // a limiter's Destruct cannot fail
 	}
 	if h.pool != nil {
+		if h.Migrate {
+			h.pool.RemoveMigrator()
+		}
 		return h.pool.Release()
 	}
 	return nil

@@ -2,14 +2,13 @@ package rocketchatvoip
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"sync"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 )
 
 func init() {
@@ -47,17 +46,15 @@ func (g *schemaGate) checkLater(pool *dbpool.Pool) {
 
 // Start fails the config load if a database is still outdated, with the
 // message Provision would have given, and otherwise prepares the statements.
+// A database that went away since Provision is left to come up in the
+// background, as at Provision.
 func (g *schemaGate) Start() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	for _, pool := range g.pending {
-		if err := schema.Check(ctx, pool.DB()); err != nil {
-			return fmt.Errorf("%s: %w", pool.Name(), err)
-		}
-		if err := pool.Prepare(ctx); err != nil {
-			return fmt.Errorf("preparing statements on %s: %w", pool.Name(), err)
+		err := pool.Setup(context.Background(), false)
+		if err != nil && !errors.As(err, new(*dbconnect.UnreachableError)) {
+			return err
 		}
 	}
 	g.pending = nil

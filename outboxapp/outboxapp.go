@@ -19,10 +19,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/cfargs"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/promutil"
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 )
 
 func init() {
@@ -161,6 +161,9 @@ func (o *Outbox) Provision(ctx caddy.Context) error {
 	if err := promutil.Register(ctx.GetMetricsRegistry(), outboxMetrics.all()...); err != nil {
 		return err
 	}
+	if err := promutil.Register(ctx.GetMetricsRegistry(), dbpool.UpCollector); err != nil {
+		return err
+	}
 	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(o.DSN, ""), nil)
 	if err != nil {
 		return err
@@ -170,38 +173,73 @@ func (o *Outbox) Provision(ctx caddy.Context) error {
 }
 
 // Start checks the schema (by now every handler has migrated what it was
-// told to) and starts delivering.
+// told to) and starts delivering. A database that does not answer fails
+// nothing: delivery starts once the pool is in service (the pool keeps
+// trying in the background, and warns).
 func (o *Outbox) Start() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := schema.Check(ctx, o.pool.DB()); err != nil {
-		return fmt.Errorf("%s: %w", o.pool.Name(), err)
+	err := o.pool.Setup(ctx, false)
+	var away *dbconnect.UnreachableError
+	switch {
+	case errors.As(err, &away):
+		o.logger.Warn("database unreachable: starting without it; delivery begins once a server answers",
+			zap.String("database", away.Name), zap.Error(away.Err))
+	case err != nil:
+		return err
 	}
-	store, err := outbox.NewStore(ctx, o.pool.DB())
-	if err != nil {
-		return fmt.Errorf("preparing outbox statements on %s: %w", o.pool.Name(), err)
-	}
-	o.store = store
-	repl := caddy.NewReplacer()
-	o.deliverer = outbox.NewDeliverer(store, outbox.Config{
-		URL:          repl.ReplaceAll(o.Webhook.URL, ""),
-		Secret:       []byte(repl.ReplaceAll(o.Webhook.Secret, "")),
-		Timeout:      time.Duration(o.Webhook.Timeout),
-		MaxAttempts:  o.MaxAttempts,
-		BackoffBase:  time.Duration(o.BackoffBase),
-		BackoffMax:   time.Duration(o.BackoffMax),
-		Batch:        o.Batch,
-		Lease:        time.Duration(o.Lease),
-		PollInterval: time.Duration(o.PollInterval),
-	}, outboxObserver{o.logger})
 	runCtx, stop := context.WithCancel(context.Background())
 	o.cancel = stop
 	o.done = make(chan struct{})
 	go func() {
 		defer close(o.done)
+		select {
+		case <-o.pool.Ready():
+		case <-runCtx.Done():
+			return
+		}
+		if o.store = o.prepare(runCtx); o.store == nil {
+			return
+		}
+		repl := caddy.NewReplacer()
+		o.deliverer = outbox.NewDeliverer(o.store, outbox.Config{
+			URL:          repl.ReplaceAll(o.Webhook.URL, ""),
+			Secret:       []byte(repl.ReplaceAll(o.Webhook.Secret, "")),
+			Timeout:      time.Duration(o.Webhook.Timeout),
+			MaxAttempts:  o.MaxAttempts,
+			BackoffBase:  time.Duration(o.BackoffBase),
+			BackoffMax:   time.Duration(o.BackoffMax),
+			Batch:        o.Batch,
+			Lease:        time.Duration(o.Lease),
+			PollInterval: time.Duration(o.PollInterval),
+		}, outboxObserver{o.logger})
 		o.deliverer.Run(runCtx)
 	}()
 	return nil
+}
+
+// prepare prepares the outbox's statements on the pool, now in service,
+// trying again every second while the database fails (it may have gone
+// away again); nil when ctx ends first.
+func (o *Outbox) prepare(ctx context.Context) *outbox.Store {
+	var warned time.Time
+	for {
+		prepCtx, cancel := context.WithTimeout(ctx, time.Minute)
+		store, err := outbox.NewStore(prepCtx, o.pool.DB())
+		cancel()
+		if err == nil {
+			return store
+		}
+		if time.Since(warned) >= 5*time.Second {
+			warned = time.Now()
+			o.logger.Warn("outbox: preparing statements failed; trying again", zap.String("database", o.pool.Name()), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Stop ends delivery once the batch in flight is done (each POST is bounded

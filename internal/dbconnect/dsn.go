@@ -7,6 +7,7 @@ package dbconnect
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strings"
@@ -115,13 +116,37 @@ func Open(ctx context.Context, cfg *Config) (*sql.DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	db := sql.OpenDB(connector)
-	db.SetConnMaxIdleTime(5 * time.Minute)
+	db := NewDB(connector)
 	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := db.PingContext(pingCtx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("cannot connect to MySQL at %s: %v", cfg, err)
+		if Retryable(err) {
+			return nil, &UnreachableError{Name: cfg.String(), Err: err}
+		}
+		return nil, fmt.Errorf("cannot connect to MySQL at %s: %w", cfg, err)
 	}
 	return db, nil
+}
+
+// UnreachableError says that no server took the work, for a reason that
+// may pass (see Retryable): it names the servers and database, never the
+// credentials.
+type UnreachableError struct {
+	Name string
+	Err  error
+}
+
+func (e *UnreachableError) Error() string {
+	return fmt.Sprintf("cannot connect to MySQL at %s: %v", e.Name, e.Err)
+}
+
+func (e *UnreachableError) Unwrap() error { return e.Err }
+
+// NewDB is a pool on connector (NewConnector's, or one wrapping it) that
+// connects only when it is used.
+func NewDB(connector driver.Connector) *sql.DB {
+	db := sql.OpenDB(connector)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	return db
 }

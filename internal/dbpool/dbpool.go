@@ -6,11 +6,18 @@
 // database work) are the database's, not one handler's: every holder of
 // one config that states them must state the same values, whatever order
 // Caddy provisions them in, and each config load applies its own.
+//
+// A pool is usable without its database: opening one connects to nothing,
+// and Setup, which brings it into service (schema checked or migrated,
+// statements prepared), leaves a database that does not answer to a
+// background loop that keeps trying (bringup.go).
 package dbpool
 
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -52,6 +59,22 @@ type Pool struct {
 
 	// store holds the prepared statements, nil until the schema is in place.
 	store atomic.Pointer[store.Store]
+	// ready is closed once store is first set.
+	ready     chan struct{}
+	readyOnce sync.Once
+	// reachable says whether the last connection the pool opened succeeded.
+	reachable atomic.Bool
+	// migrators counts the holders that want the schema migrated.
+	migrators atomic.Int32
+
+	// setupMu serialises Setup; retrying (under it) says that the
+	// background loop owns bringing the pool up.
+	setupMu  sync.Mutex
+	retrying bool
+	lastErr  atomic.Pointer[error] // the loop's latest failure
+	// stop ends the background loop when the pool closes.
+	stop    context.CancelFunc
+	stopped context.Context
 	// closers are the credentials that recently closed rooms through this
 	// pool: the handler reads credentials and room in one query for them.
 	closers *closerhint.Set
@@ -69,7 +92,8 @@ type Pool struct {
 
 // Get returns the pool for dsn, opening it if no holder has it yet, with
 // the settings of the config being loaded (nil: the holder has no say, as
-// the outbox app). Each Get is matched by one Release.
+// the outbox app). Opening connects to nothing (Setup does). Each Get is
+// matched by one Release.
 func Get(ctx caddy.Context, dsn string, settings *Settings) (*Pool, error) {
 	setDriverLogger.Do(func() { _ = mysql.SetLogger(driverLogger{}) })
 	cfg, err := dbconnect.ParseDSN(dsn)
@@ -78,13 +102,16 @@ func Get(ctx caddy.Context, dsn string, settings *Settings) (*Pool, error) {
 	}
 	key := cfg.Key()
 	val, _, err := pools.LoadOrNew(key, func() (caddy.Destructor, error) {
-		db, err := dbconnect.Open(ctx, cfg)
+		connector, err := dbconnect.NewConnector(cfg)
 		if err != nil {
 			return nil, err
 		}
-		db.SetMaxOpenConns(DefaultMaxOpenConns)
-		db.SetMaxIdleConns(DefaultMaxOpenConns)
-		return &Pool{db: db, key: key, name: cfg.String(), closers: closerhint.New()}, nil
+		p := &Pool{key: key, name: cfg.String(), closers: closerhint.New(), ready: make(chan struct{})}
+		p.stopped, p.stop = context.WithCancel(context.Background())
+		p.db = dbconnect.NewDB(observedConnector{connector, p})
+		p.db.SetMaxOpenConns(DefaultMaxOpenConns)
+		p.db.SetMaxIdleConns(DefaultMaxOpenConns)
+		return p, nil
 	})
 	if err != nil {
 		return nil, err
@@ -171,20 +198,33 @@ func (p *Pool) Closers() *closerhint.Set { return p.closers }
 // place.
 func (p *Pool) Store() *store.Store { return p.store.Load() }
 
-// Prepare prepares the statements once the schema is in place; later
-// calls (other configs, reloads) find them ready.
-func (p *Pool) Prepare(ctx context.Context) error {
+// Ready is closed once the statements are first prepared.
+func (p *Pool) Ready() <-chan struct{} { return p.ready }
+
+// Up reports whether the pool is in service: its statements are prepared
+// and the last connection it opened succeeded.
+func (p *Pool) Up() bool { return p.store.Load() != nil && p.reachable.Load() }
+
+// AddMigrator records a holder that wants the schema migrated, until
+// RemoveMigrator: a pool that reaches its database late migrates it then if
+// any holder still wants that.
+func (p *Pool) AddMigrator() { p.migrators.Add(1) }
+
+// RemoveMigrator undoes one AddMigrator.
+func (p *Pool) RemoveMigrator() { p.migrators.Add(-1) }
+
+// publish makes s the pool's statements, unless the pool is closing or has
+// them already (then s is closed); it reports whether s is in use.
+func (p *Pool) publish(s *store.Store) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.store.Load() != nil {
-		return nil
-	}
-	s, err := store.New(ctx, p.db)
-	if err != nil {
-		return err
+	if p.closing || p.store.Load() != nil {
+		s.Close()
+		return false
 	}
 	p.store.Store(s)
-	return nil
+	p.readyOnce.Do(func() { close(p.ready) })
+	return true
 }
 
 // Acquire marks a request in flight; false means the pool is closing.
@@ -220,6 +260,7 @@ func (p *Pool) Destruct() error {
 }
 
 func (p *Pool) closeLocked() {
+	p.stop()
 	if s := p.store.Swap(nil); s != nil {
 		s.Close()
 	}
@@ -241,4 +282,20 @@ type driverLogger struct{}
 
 func (driverLogger) Print(v ...any) {
 	caddy.Log().Named("rocketchat_voip.mysql").Warn(strings.TrimSpace(fmt.Sprint(v...)))
+}
+
+// observedConnector records whether each connection the pool opens
+// succeeds, for Up; it costs nothing per request, only per connection.
+type observedConnector struct {
+	driver.Connector
+	p *Pool
+}
+
+func (c observedConnector) Connect(ctx context.Context) (driver.Conn, error) {
+	conn, err := c.Connector.Connect(ctx)
+	// A caller that gave up says nothing about the server.
+	if err == nil || !errors.Is(err, context.Canceled) {
+		c.p.reachable.Store(err == nil)
+	}
+	return conn, err
 }
