@@ -63,6 +63,7 @@ func TestCaddyfileValid(t *testing.T) {
 }`, `{"compat":6,"db_concurrency":8,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`},
 		{"limiter off, compat 7, decimal size", "rocketchat_voip {\n dsn x@/y\n rate_limit off\n compat 7\n max_body 512KB\n}", `{"compat":7,"dsn":"x@/y","handler":"rocketchat_voip","max_body":512000,"rate_limit":{"off":true}}`},
 		{"several servers", "rocketchat_voip {\n dsn \"gw@tcp(db1:3306,db2:3306)/rc\"\n}", `{"dsn":"gw@tcp(db1:3306,db2:3306)/rc","handler":"rocketchat_voip"}`},
+		{"require_database", "rocketchat_voip {\n dsn x@/y\n require_database\n}", `{"dsn":"x@/y","handler":"rocketchat_voip","require_database":true}`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -87,6 +88,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"dsn with two values", "rocketchat_voip {\n dsn a b\n}", "Caddyfile:3"},
 		{"unknown subdirective", "rocketchat_voip {\n dsn x@/y\n bogus 1\n}", `unrecognized subdirective "bogus"`},
 		{"migrate with a value", "rocketchat_voip {\n dsn x@/y\n migrate yes\n}", "Caddyfile:4"},
+		{"require_database with a value", "rocketchat_voip {\n dsn x@/y\n require_database yes\n}", "Caddyfile:4"},
 		{"duration that is not one", "rocketchat_voip {\n dsn x@/y\n login_expiration soon\n}", "login_expiration: not a duration"},
 		{"rate_limit with one number", "rocketchat_voip {\n dsn x@/y\n rate_limit 10\n}", "rate_limit takes"},
 		{"rate_limit on", "rocketchat_voip {\n dsn x@/y\n rate_limit on\n}", "rate_limit takes"},

@@ -54,13 +54,20 @@ func TestPoolSharedPerDSNAndClosedByLastUser(t *testing.T) {
 func TestProvisionErrors(t *testing.T) {
 	db := testdb.New(t)
 	db.Exec(t, "DELETE FROM rocketchat_voip_schema_migrations")
+	// What a server answers is final: a wrong password, an unknown database.
+	wrongPassword := db.Cfg.Clone()
+	wrongPassword.Passwd = "sekret-not-the-password"
+	unknownDB := db.Cfg.Clone()
+	unknownDB.DBName = db.Name + "_nope"
 	cases := []struct {
 		h    *Handler
 		want string
 	}{
 		{&Handler{}, "dsn is required"},
 		{&Handler{DSN: "not a dsn"}, "invalid dsn"},
-		{&Handler{DSN: "root:sekret@tcp(127.0.0.1:1)/x"}, "cannot connect to MySQL at tcp(127.0.0.1:1)/x"},
+		{&Handler{DSN: "root:sekret@tcp(127.0.0.1:1)/x", RequireDatabase: true}, "cannot connect to MySQL at tcp(127.0.0.1:1)/x"},
+		{&Handler{DSN: wrongPassword.FormatDSN()}, "cannot connect to MySQL at tcp(" + db.Cfg.Addr + ")/" + db.Name + ": Error 1045"},
+		{&Handler{DSN: unknownDB.FormatDSN()}, "cannot connect to MySQL at tcp(" + db.Cfg.Addr + ")/" + unknownDB.DBName + ": Error 1049"},
 		{&Handler{DSN: db.DSN, Compat: 5}, "compat: must be 6 or 7"},
 	}
 	for _, c := range cases {
@@ -69,7 +76,7 @@ func TestProvisionErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: got %v, want %q", c.h, err, c.want)
 		}
-		if err != nil && strings.Contains(err.Error(), "sekret") {
+		if err != nil && (strings.Contains(err.Error(), "sekret") || strings.Contains(err.Error(), wrongPassword.Passwd)) {
 			t.Errorf("error leaks the password: %v", err)
 		}
 	}
@@ -81,4 +88,32 @@ func TestProvisionErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Cleanup()
+}
+
+// A database that does not answer does not stop the handler: it starts
+// without it (room.close answers 503, see systemtest/latedb_test.go) and
+// its pool keeps trying in the background.
+func TestProvisionWithoutTheDatabase(t *testing.T) {
+	h := &Handler{DSN: "root:sekret@tcp(127.0.0.1:1)/x"}
+	if err := provision(t, h); err != nil {
+		t.Fatalf("provision failed without the database: %v", err)
+	}
+	defer h.Cleanup()
+	if h.pool.Store() != nil || h.pool.Up() {
+		t.Fatal("a pool without its database is in service")
+	}
+	// A second holder of the same pool (a reload) starts as fast: the
+	// background loop owns the pool now.
+	again := &Handler{DSN: h.DSN}
+	if err := provision(t, again); err != nil {
+		t.Fatal(err)
+	}
+	defer again.Cleanup()
+	// With require_database the same reload fails, naming the server only.
+	strict := &Handler{DSN: h.DSN, RequireDatabase: true}
+	err := provision(t, strict)
+	strict.Cleanup()
+	if err == nil || !strings.Contains(err.Error(), "cannot connect to MySQL at tcp(127.0.0.1:1)/x") || strings.Contains(err.Error(), "sekret") {
+		t.Fatalf("require_database: %v", err)
+	}
 }

@@ -67,12 +67,7 @@ type envOptions struct {
 
 func startEnv(t *testing.T, o envOptions) (*env, *testdb.Proxy) {
 	t.Helper()
-	e := &env{db: testdb.New(t), up: testcaddy.StartUpstream(t), client: &http.Client{Timeout: 30 * time.Second}}
-	e.agent = e.db.AddUser(t, "agent1", "livechat-agent", "user")
-	e.visitor = e.db.AddVisitor(t, "visitor1")
-	e.roomID = "ROOM1"
-	e.roomTs = time.Now().UTC().Add(-90 * time.Second).Truncate(time.Millisecond)
-	e.db.AddRoom(t, e.roomID, e.visitor, e.roomTs, nil)
+	e := seededEnv(t)
 	e.settings = strings.Join(o.extra, "\n\t\t")
 	dsn := e.db.DSN
 	var proxy *testdb.Proxy
@@ -88,6 +83,19 @@ func startEnv(t *testing.T, o envOptions) (*env, *testdb.Proxy) {
 	}
 	e.caddy = testcaddy.Start(t, o.globals, handlers)
 	return e, proxy
+}
+
+// seededEnv is an env with its database seeded and its upstream running,
+// before Caddy starts.
+func seededEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{db: testdb.New(t), up: testcaddy.StartUpstream(t), client: &http.Client{Timeout: 30 * time.Second}}
+	e.agent = e.db.AddUser(t, "agent1", "livechat-agent", "user")
+	e.visitor = e.db.AddVisitor(t, "visitor1")
+	e.roomID = "ROOM1"
+	e.roomTs = time.Now().UTC().Add(-90 * time.Second).Truncate(time.Millisecond)
+	e.db.AddRoom(t, e.roomID, e.visitor, e.roomTs, nil)
+	return e
 }
 
 type response struct {

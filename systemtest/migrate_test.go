@@ -15,7 +15,9 @@ import (
 )
 
 // sitesSharingDSN is a config of three sites on one fresh database, the
-// middle one with the given extra lines in its rocketchat_voip block.
+// middle one with the given extra lines in its rocketchat_voip block; each
+// answers other requests with "site <n>" (in a route, so that respond comes
+// after the module).
 func sitesSharingDSN(t *testing.T, dsn, middleExtra string) string {
 	var b strings.Builder
 	b.WriteString("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\toutput discard\n\t}\n}\n")
@@ -24,7 +26,7 @@ func sitesSharingDSN(t *testing.T, dsn, middleExtra string) string {
 		if i == 1 {
 			extra = middleExtra
 		}
-		fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\trocketchat_voip {\n\t\tdsn %q\n\t\t%s\n\t}\n\trespond \"site %d\"\n}\n", testcaddy.FreePort(t), dsn, extra, i)
+		fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\troute {\n\t\trocketchat_voip {\n\t\t\tdsn %q\n\t\t\t%s\n\t\t}\n\t\trespond \"site %d\"\n\t}\n}\n", testcaddy.FreePort(t), dsn, extra, i)
 	}
 	return b.String()
 }

@@ -39,7 +39,14 @@ const (
 // StartProxy forwards a loopback port to target until the test ends.
 func StartProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return StartProxyOn(t, "127.0.0.1:0", target)
+}
+
+// StartProxyOn is StartProxy on the address addr: a database that appears
+// where a gateway has been trying to reach it.
+func StartProxyOn(t testing.TB, addr, target string) *Proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
