@@ -91,6 +91,10 @@ func TestMetrics(t *testing.T) {
 	if after[open] < 1 {
 		t.Errorf("%s = %v; series: %v", open, after[open], after)
 	}
+	// The database is in use (systemtest/latedb_test.go sees it 0 first).
+	if up := fmt.Sprintf(`caddy_rocketchat_voip_db_up{database="tcp(%s)/%s"}`, e.db.Cfg.Addr, e.db.Name); after[up] != 1 {
+		t.Errorf("%s = %v, want 1", up, after[up])
+	}
 	// A handful of requests one at a time never fill the bound: it stays at
 	// db_concurrency's default.
 	limit := fmt.Sprintf(`caddy_rocketchat_voip_db_concurrency_limit{database="tcp(%s)/%s"}`, e.db.Cfg.Addr, e.db.Name)

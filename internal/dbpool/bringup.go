@@ -162,7 +162,11 @@ func (p *Pool) retry() {
 func logger() *zap.Logger { return caddy.Log().Named("rocketchat_voip.database") }
 
 // retryable reports whether err leaves the pool to try again in the
-// background; an outdated schema, like a server's refusal, is final here.
+// background; an outdated schema, like a server's refusal, is final here,
+// and so is anything while the build's own migrations are broken.
 func retryable(err error) bool {
+	if _, broken := schema.Migrations(); broken != nil {
+		return false
+	}
 	return !errors.As(err, new(*schema.OutdatedError)) && dbconnect.Retryable(err)
 }
