@@ -80,9 +80,10 @@ type Handler struct {
 	// parseTime=true and loc=UTC, and never interpolates parameters.
 	DSN string `json:"dsn,omitempty"`
 
-	// Migrate applies the embedded schema migrations at start. Without it,
-	// a database whose schema is older than this build needs fails the
-	// config load, unless another site of the same config migrates it.
+	// Migrate applies the embedded schema migrations at start (or, for a
+	// database away at start, once it answers). Without it, a database
+	// whose schema is older than this build needs fails the config load,
+	// unless another site of the same config migrates it.
 	Migrate bool `json:"migrate,omitempty"`
 
 	// RequireDatabase fails the config load, at start and at every reload,
