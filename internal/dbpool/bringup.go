@@ -75,11 +75,18 @@ func (p *Pool) Setup(ctx context.Context, migrate bool) error {
 // failed records the latest failure of the background loop, for the
 // holders that arrive while it runs.
 func (p *Pool) failed(err error) {
+	err = cause(err)
+	p.lastErr.Store(&err)
+}
+
+// cause is err without the UnreachableError around it, whose message names
+// the database that the log line names already.
+func cause(err error) error {
 	var away *dbconnect.UnreachableError
 	if errors.As(err, &away) {
-		err = away.Err
+		return away.Err
 	}
-	p.lastErr.Store(&err)
+	return err
 }
 
 func (p *Pool) lastFailure() error {
@@ -151,7 +158,7 @@ func (p *Pool) retry() {
 			wait = retryRefused
 		}
 		if time.Since(warned) >= warnEvery {
-			logger().Warn(msg, zap.String("database", p.name), zap.Error(err))
+			logger().Warn(msg, zap.String("database", p.name), zap.Error(cause(err)))
 			warned = time.Now()
 		}
 	}
