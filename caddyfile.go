@@ -35,6 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    login_expiration <duration>
 //	    rate_limit <requests> <window> | off
 //	    max_body <size>
+//	    body_budget <size>
 //	    db_timeout <duration>
 //	    compat 6|7
 //	    max_open_conns <n>
@@ -81,14 +82,9 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 	case "rate_limit":
 		h.RateLimit, err = parseRateLimit(d)
 	case "max_body":
-		var arg string
-		if arg, err = cfargs.One(d); err == nil {
-			size, perr := humanize.ParseBytes(arg)
-			if perr != nil || size > math.MaxInt64 {
-				return d.Errf("max_body: not a size: %q", arg)
-			}
-			h.MaxBody = int64(size)
-		}
+		h.MaxBody, err = size(d, "max_body")
+	case "body_budget":
+		h.BodyBudget, err = size(d, "body_budget")
 	case "db_timeout":
 		h.DBTimeout, err = cfargs.Duration(d)
 	case "compat":
@@ -121,6 +117,19 @@ func parseRateLimit(d *caddyfile.Dispenser) (*RateLimit, error) {
 		return &RateLimit{Requests: n, Window: caddy.Duration(window)}, nil
 	}
 	return nil, d.Err("rate_limit takes '<requests> <window>' or 'off'")
+}
+
+// size reads one size argument ("1MiB", "512KB", bytes).
+func size(d *caddyfile.Dispenser, name string) (int64, error) {
+	arg, err := cfargs.One(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := humanize.ParseBytes(arg)
+	if err != nil || n > math.MaxInt64 {
+		return 0, d.Errf("%s: not a size: %q", name, arg)
+	}
+	return int64(n), nil
 }
 
 // Interface guard

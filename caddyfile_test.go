@@ -56,11 +56,12 @@ func TestCaddyfileValid(t *testing.T) {
 	login_expiration 90d
 	rate_limit 10 60s
 	max_body 1MiB
+	body_budget 64MiB
 	db_timeout 3s
 	compat 6
 	max_open_conns 32
 	db_concurrency 8
-}`, `{"compat":6,"db_concurrency":8,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`},
+}`, `{"body_budget":67108864,"compat":6,"db_concurrency":8,"db_timeout":3000000000,"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip","login_expiration":7776000000000000,"max_body":1048576,"max_open_conns":32,"migrate":true,"path":"/api/v1/voip/room.close","rate_limit":{"requests":10,"window":60000000000}}`},
 		{"limiter off, compat 7, decimal size", "rocketchat_voip {\n dsn x@/y\n rate_limit off\n compat 7\n max_body 512KB\n}", `{"compat":7,"dsn":"x@/y","handler":"rocketchat_voip","max_body":512000,"rate_limit":{"off":true}}`},
 		{"several servers", "rocketchat_voip {\n dsn \"gw@tcp(db1:3306,db2:3306)/rc\"\n}", `{"dsn":"gw@tcp(db1:3306,db2:3306)/rc","handler":"rocketchat_voip"}`},
 		{"require_database", "rocketchat_voip {\n dsn x@/y\n require_database\n}", `{"dsn":"x@/y","handler":"rocketchat_voip","require_database":true}`},
@@ -119,6 +120,11 @@ func TestConfigRules(t *testing.T) {
 		{"max_body 0 is the default", "max_body 0", `"max_body":0`, ""},
 		{"max_body 8 MiB", "max_body 8MiB", `"max_body":8388608`, ""},
 		{"max_body over 8 MiB", "max_body 8388609", `"max_body":8388609`, "max_body: must be between 1 byte and 8 MiB"},
+		{"body_budget 0 is the default", "body_budget 0", `"body_budget":0`, ""},
+		{"body_budget below max_body's default", "body_budget 512KiB", `"body_budget":524288`, "body_budget: must be at least max_body (1048576 bytes), not 524288"},
+		{"body_budget below max_body", "body_budget 2MiB\n max_body 4MiB", `"body_budget":2097152,"max_body":4194304`, "body_budget: must be at least max_body (4194304 bytes)"},
+		{"body_budget equal to max_body, set first", "body_budget 256KiB\n max_body 256KiB", `"body_budget":262144,"max_body":262144`, ""},
+		{"negative body_budget", "body_budget -1", `"body_budget":-1`, "body_budget: "},
 		{"rate_limit with no requests", "rate_limit 0 60s", `"rate_limit":{"requests":0,"window":60000000000}`, "rate_limit: the request count must be positive"},
 		{"rate_limit with negative requests", "rate_limit -1 60s", `"rate_limit":{"requests":-1,"window":60000000000}`, "rate_limit: the request count must be positive"},
 		{"rate_limit with no window", "rate_limit 10 0s", `"rate_limit":{"requests":10,"window":0}`, "rate_limit: the window must be positive"},

@@ -86,8 +86,18 @@ func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(contex
 	// loses throughput to contention past that.
 	db := &dbSession{r: r, st: st, store: s, closers: h.db.Closers(), loginExpiration: time.Duration(h.LoginExpiration)}
 	waitFrom := time.Now()
-	if err := h.dbLimit.Acquire(ctx); err != nil {
+	acquire := h.dbLimit.Acquire
+	if st.authenticated {
+		// Real agents are not queued behind a flood of made-up credentials.
+		acquire = h.dbLimit.AcquireAhead
+	}
+	if err := acquire(ctx); err != nil {
 		st.dbTime += time.Since(waitFrom)
+		if errors.Is(err, context.DeadlineExceeded) {
+			// Shed, not failed: the database never saw this request.
+			st.err = fmt.Errorf("waiting for a database slot: %w", err)
+			return replyOverloaded
+		}
 		return db.failed(fmt.Errorf("waiting for a database slot: %w", err))
 	}
 	heldFrom := time.Now()

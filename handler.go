@@ -3,11 +3,11 @@ package rocketchatvoip
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -32,7 +32,9 @@ const (
 	OutcomeRoomClosed     = "room_closed"
 	OutcomeTooLarge       = "too_large"
 	OutcomeUnreadableBody = "unreadable_body"
-	OutcomeUnavailable    = "unavailable"
+	OutcomeUnavailable    = "unavailable"   // the database failed, or was slower than db_timeout, on a request that had a slot
+	OutcomeOverloaded     = "overloaded"    // shed: every database slot stayed busy for the whole db_timeout
+	OutcomeBodyBudget     = "body_budget"   // shed: body_budget stayed in use for as long as a request waits for it
 	OutcomeClientClosed   = "client_closed" // the client hung up before the answer; nginx's 499
 	OutcomeInternalError  = "internal_error"
 )
@@ -42,7 +44,7 @@ const (
 var outcomes = []string{
 	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
 	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeUnreadableBody,
-	OutcomeUnavailable, OutcomeClientClosed, OutcomeInternalError,
+	OutcomeUnavailable, OutcomeOverloaded, OutcomeBodyBudget, OutcomeClientClosed, OutcomeInternalError,
 }
 
 // Placeholders set on every handled request.
@@ -68,9 +70,13 @@ type requestState struct {
 	start   time.Time
 	dbTime  time.Duration // time spent waiting on MySQL
 	outcome string
-	userID  string
-	rid     string
-	err     error
+	// authenticated: the credentials are known to be real (a recent
+	// closer's, or checked by an earlier step), so the request waits for a
+	// database slot ahead of those whose credentials are not.
+	authenticated bool
+	userID        string
+	rid           string
+	err           error
 }
 
 // reply is a handled request's answer.
@@ -88,6 +94,8 @@ var (
 	replyTooLarge      = reply{http.StatusRequestEntityTooLarge, OutcomeTooLarge, bodyTooLarge}
 	replyUnreadable    = reply{http.StatusBadRequest, OutcomeUnreadableBody, bodyUnreadable}
 	replyUnavailable   = reply{http.StatusServiceUnavailable, OutcomeUnavailable, bodyUnavailable}
+	replyOverloaded    = reply{http.StatusServiceUnavailable, OutcomeOverloaded, bodyUnavailable}
+	replyBodyBudget    = reply{http.StatusServiceUnavailable, OutcomeBodyBudget, bodyUnavailable}
 	replyClientClosed  = reply{statusClientClosed, OutcomeClientClosed, nil}
 	replyInternalError = reply{http.StatusInternalServerError, OutcomeInternalError, bodyInternalError}
 )
@@ -111,30 +119,46 @@ func (h *Handler) answer(w http.ResponseWriter, r *http.Request, st *requestStat
 	return h.roomClose(w, r, st)
 }
 
-// roomClose is the contract, in Rocket.Chat's order of checks.
+// roomClose is the contract, in Rocket.Chat's order of checks: 413 first
+// (its body parser runs before the route), then 401, 429, 400, 403 and the
+// close.
+//
+// Only credentials that recently closed a room here have their body read
+// first, so that credentials and room are read in one query. Any other
+// request is authenticated before its body is read: a 401 or 429 does not
+// depend on the body once its Content-Length is within max_body, so a flood
+// of made-up credentials costs one indexed query each and never the memory
+// of its bodies (docs/contract.md, "Body reading").
 func (h *Handler) roomClose(w http.ResponseWriter, r *http.Request, st *requestState) reply {
-	body, err := readBody(w, r, h.MaxBody)
-	if err != nil {
-		if errors.As(err, new(*http.MaxBytesError)) {
-			return replyTooLarge
-		}
-		st.err = err
-		return replyUnreadable
+	if r.ContentLength > h.MaxBody {
+		return replyTooLarge
 	}
-
 	// Credentials that can name no login token cost no query.
 	userID, token := singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token")
 	if !store.Askable(userID, token) {
-		return h.replyUnauthorized
+		return h.beforeBody(w, r, st, h.replyUnauthorized)
 	}
+	if h.db.Closers().Has(userID, store.HashLoginToken(token)) {
+		st.authenticated = true
+		return h.closeBodyFirst(w, r, st, userID, token)
+	}
+	return h.closeAuthenticatedFirst(w, r, st, userID, token)
+}
 
+// closeBodyFirst reads the body, then authenticates (with the room in the
+// same query when the body is valid) and closes, holding one database slot.
+func (h *Handler) closeBodyFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, token string) reply {
+	body, release, rep := h.readBody(w, r, st)
+	if release == nil {
+		return rep
+	}
+	defer release()
 	// The body is parsed before any I/O so that, when it is valid, the
 	// credentials and the room can be read together; its error is answered
 	// in its turn, after authentication and the rate limit.
 	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
 
 	return h.withDatabase(r, st, func(ctx context.Context, db *dbSession) reply {
-		// 1. authentication
 		user, err := db.authenticate(ctx, userID, token, p, invalid == nil)
 		if errors.Is(err, store.ErrUnauthorized) {
 			return h.replyUnauthorized
@@ -142,44 +166,92 @@ func (h *Handler) roomClose(w http.ResponseWriter, r *http.Request, st *requestS
 			return db.failed(err)
 		}
 		st.userID = user.ID
-
-		// 2. rate limit, counted only for authenticated requests
 		if limited, rep := h.rateLimit(w, r, user); limited {
 			return rep
 		}
-
-		// 3. body validation
-		if invalid != nil {
-			return reply{http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(invalid)}
+		if rep, ok := checkParams(st, user, p, invalid); !ok {
+			return rep
 		}
-		st.rid = p.Rid
+		return closeRoom(ctx, db, user, p)
+	})
+}
 
-		// 4. permission
-		if !user.CanCloseRooms {
-			return replyForbidden
-		}
-
-		// 5-8. visitor, room, close
-		err = db.closeRoom(ctx, store.CloseRequest{
-			Rid:          p.Rid,
-			VisitorToken: p.Token,
-			Agent:        store.Agent{ID: user.ID, Username: user.Username, Name: user.Name},
-			Tags:         p.Tags,
-			Comment:      p.Comment,
-		})
-		switch {
-		case err == nil:
-			return reply{http.StatusOK, OutcomeClosed, successBody(p.Rid)}
-		case errors.Is(err, store.ErrInvalidToken):
-			return replyInvalidToken
-		case errors.Is(err, store.ErrInvalidRoom):
-			return replyInvalidRoom
-		case errors.Is(err, store.ErrRoomClosed):
-			return replyRoomClosed
-		default:
+// closeAuthenticatedFirst authenticates and applies the rate limit before
+// the body is read, then reads the body and, for a valid one from a user
+// who may close rooms, reads the room and closes it. The database slot is
+// not held while the body arrives.
+func (h *Handler) closeAuthenticatedFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, token string) reply {
+	var user store.User
+	rep := h.withDatabase(r, st, func(ctx context.Context, db *dbSession) reply {
+		var err error
+		user, err = db.authenticate(ctx, userID, token, params.Params{}, false)
+		if errors.Is(err, store.ErrUnauthorized) {
+			return h.replyUnauthorized
+		} else if err != nil {
 			return db.failed(err)
 		}
+		return reply{}
 	})
+	if rep.outcome == OutcomeUnauthorized {
+		return h.beforeBody(w, r, st, rep)
+	} else if rep.outcome != "" {
+		return rep
+	}
+	st.userID, st.authenticated = user.ID, true
+	if limited, rep := h.rateLimit(w, r, user); limited {
+		return h.beforeBody(w, r, st, rep)
+	}
+
+	body, release, rep := h.readBody(w, r, st)
+	if release == nil {
+		return rep
+	}
+	defer release()
+	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
+	if rep, ok := checkParams(st, user, p, invalid); !ok {
+		return rep
+	}
+	// Both steps together stay within db_timeout.
+	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout)-st.dbTime)
+	defer cancel()
+	return h.withDatabase(r.WithContext(ctx), st, func(ctx context.Context, db *dbSession) reply {
+		return closeRoom(ctx, db, user, p)
+	})
+}
+
+// checkParams is steps 3 and 4: body validation, then permission.
+func checkParams(st *requestState, user store.User, p params.Params, invalid error) (reply, bool) {
+	if invalid != nil {
+		return reply{http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(invalid)}, false
+	}
+	st.rid = strings.Clone(p.Rid) // the log line outlives the body
+	if !user.CanCloseRooms {
+		return replyForbidden, false
+	}
+	return reply{}, true
+}
+
+// closeRoom is steps 5-8: visitor, room, close.
+func closeRoom(ctx context.Context, db *dbSession, user store.User, p params.Params) reply {
+	err := db.closeRoom(ctx, store.CloseRequest{
+		Rid:          p.Rid,
+		VisitorToken: p.Token,
+		Agent:        store.Agent{ID: user.ID, Username: user.Username, Name: user.Name},
+		Tags:         p.Tags,
+		Comment:      p.Comment,
+	})
+	switch {
+	case err == nil:
+		return reply{http.StatusOK, OutcomeClosed, successBody(p.Rid)}
+	case errors.Is(err, store.ErrInvalidToken):
+		return replyInvalidToken
+	case errors.Is(err, store.ErrInvalidRoom):
+		return replyInvalidRoom
+	case errors.Is(err, store.ErrRoomClosed):
+		return replyRoomClosed
+	default:
+		return db.failed(err)
+	}
 }
 
 // rateLimit applies Rocket.Chat's API rate limit to an authenticated user,
@@ -205,8 +277,10 @@ func (h *Handler) rateLimit(w http.ResponseWriter, r *http.Request, user store.U
 const statusClientClosed = 499
 
 // finish sets the placeholders, counts the request and logs it: debug for
-// every request, warn for a failed read, error for a database failure. Tokens
-// are never logged; user and room ids are not secrets.
+// every request, warn for a failed read, error for a database failure, and
+// for requests shed under load one warn line a second at most, with their
+// count (an attack must not flood the log, nor page anyone about the
+// database). Tokens are never logged; user and room ids are not secrets.
 func (h *Handler) finish(r *http.Request, st *requestState) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(placeholderOutcome, st.outcome)
@@ -222,6 +296,8 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	switch {
 	case errors.Is(st.err, errDatabaseNotReady):
 		// The pool warns about it every few seconds, not per request.
+	case st.outcome == OutcomeOverloaded || st.outcome == OutcomeBodyBudget:
+		shed.add(h.logger, st.outcome)
 	case st.outcome == OutcomeUnavailable:
 		level, msg = zapcore.ErrorLevel, "room.close: database failure"
 	case st.outcome == OutcomeClientClosed:
@@ -241,14 +317,52 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	}
 }
 
-// readBody reads at most max bytes of the body; a longer body is an
-// *http.MaxBytesError.
-func readBody(w http.ResponseWriter, r *http.Request, max int64) (string, error) {
-	if r.ContentLength > max {
-		return "", &http.MaxBytesError{Limit: max}
+// shed counts the requests shed under load, process-wide like the metrics,
+// and logs them at most once a second per outcome, each line with the count
+// since the last.
+var shed shedLog
+
+type shedLog struct {
+	mu      sync.Mutex
+	pending map[string]int // outcome -> requests shed and not yet logged
+	last    time.Time      // when the last line was written
+	due     bool           // a line is scheduled
+}
+
+const shedLogEvery = time.Second
+
+func (s *shedLog) add(logger *zap.Logger, outcome string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending == nil {
+		s.pending = map[string]int{}
 	}
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
-	return string(b), err
+	s.pending[outcome]++
+	if s.due {
+		return
+	}
+	if wait := shedLogEvery - time.Since(s.last); wait > 0 {
+		s.due = true
+		time.AfterFunc(wait, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			s.flush(logger)
+		})
+		return
+	}
+	s.flush(logger)
+}
+
+func (s *shedLog) flush(logger *zap.Logger) {
+	for outcome, n := range s.pending {
+		msg := "room.close: requests shed, every database slot stayed busy for their whole db_timeout"
+		if outcome == OutcomeBodyBudget {
+			msg = "room.close: requests shed, body_budget stayed in use while they waited for it"
+		}
+		logger.Warn(msg, zap.String("outcome", outcome), zap.Int("requests", n))
+	}
+	clear(s.pending)
+	s.last, s.due = time.Now(), false
 }
 
 // clientIP is Caddy's idea of the client address, which honours

@@ -19,6 +19,8 @@ var metrics struct {
 	requestDuration *prometheus.HistogramVec
 	dbDuration      prometheus.Histogram
 	pool            prometheus.Collector
+	bodyBudget      prometheus.Collector
+	bodyBudgetUsed  prometheus.Collector
 
 	// per outcome, resolved once so the request path does no label lookup
 	byOutcome map[string]outcomeMetrics
@@ -54,6 +56,14 @@ func initMetrics() {
 			waited: prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_wait_total"), "Times a request waited for a free connection.", []string{"database"}, nil),
 			limit:  prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, metricsSubsystem, "db_concurrency_limit"), "Requests let work on the database at once now (db_concurrency, adapted to the round-trip time).", []string{"database"}, nil),
 		}
+		metrics.bodyBudget = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "body_budget_bytes",
+			Help: "The process's body_budget: bytes of room.close request bodies it holds at most at once.",
+		}, func() float64 { return float64(bodies.budget.Limit()) })
+		metrics.bodyBudgetUsed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: metricsNamespace, Subsystem: metricsSubsystem, Name: "body_budget_used_bytes",
+			Help: "Bytes of body_budget held by room.close request bodies now.",
+		}, func() float64 { return float64(bodies.budget.Used()) })
 		metrics.byOutcome = make(map[string]outcomeMetrics, len(outcomes))
 		for _, o := range outcomes {
 			metrics.byOutcome[o] = outcomeMetrics{metrics.requests.WithLabelValues(o), metrics.requestDuration.WithLabelValues(o)}
@@ -64,7 +74,7 @@ func initMetrics() {
 // registerMetrics adds the module's metrics to the config's registry.
 func registerMetrics(registry *prometheus.Registry) error {
 	initMetrics()
-	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool, dbpool.UpCollector)
+	return promutil.Register(registry, metrics.requests, metrics.requestDuration, metrics.dbDuration, metrics.pool, dbpool.UpCollector, metrics.bodyBudget, metrics.bodyBudgetUsed)
 }
 
 func observeRequest(outcome string, took time.Duration) {

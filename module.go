@@ -43,6 +43,7 @@ const (
 	// holds 16 MiB, and the close's statement must fit in MariaDB's default
 	// max_allowed_packet of 16 MiB (MySQL's and TiDB's are 64 MiB).
 	maxMaxBody           = 8 << 20
+	defaultBodyBudget    = 64 << 20
 	defaultDBTimeout     = 3 * time.Second
 	defaultCompat        = 6
 	defaultMaxOpenConns  = 64
@@ -65,8 +66,10 @@ const (
 // {http.rocketchat_voip.outcome}, {http.rocketchat_voip.user_id} and
 // {http.rocketchat_voip.rid}. The outcome is one of closed, unauthorized,
 // rate_limited, invalid_params, forbidden, invalid_token, invalid_room,
-// room_closed, too_large, unreadable_body, unavailable, client_closed and
-// internal_error; it also labels the metrics
+// room_closed, too_large, unreadable_body, unavailable (the database failed
+// or was slower than db_timeout), overloaded (shed: every database slot
+// stayed busy for the whole db_timeout), body_budget (shed: no body_budget
+// free in time), client_closed and internal_error; it also labels the metrics
 // caddy_rocketchat_voip_requests_total and
 // caddy_rocketchat_voip_request_duration_seconds.
 //
@@ -116,6 +119,15 @@ type Handler struct {
 	// bodies get 413. The server's max_allowed_packet must exceed it.
 	// Default: 1 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
+
+	// BodyBudget caps the bytes of room.close request bodies held in memory
+	// at once by the whole process (every handler and config shares one
+	// budget; when handlers set different values, the largest applies). It
+	// must be at least max_body. A request whose body cannot get budget
+	// within db_timeout or 1s, whichever is shorter, gets 503 (outcome
+	// body_budget). Only requests from credentials that authenticated hold
+	// a body: others are answered before theirs is read. Default: 64 MiB.
+	BodyBudget int64 `json:"body_budget,omitempty"`
 
 	// DBTimeout bounds the database work of one request, COMMIT included;
 	// past it the request gets 503. Default: 3s.
@@ -187,6 +199,11 @@ func (h *Handler) Validate() error {
 		return err
 	}
 	eff := h.withDefaults()
+	// Across fields, so not in validateFields: the Caddyfile may set them
+	// in either order.
+	if eff.BodyBudget < eff.MaxBody {
+		return fmt.Errorf("body_budget: must be at least max_body (%d bytes), not %d", eff.MaxBody, eff.BodyBudget)
+	}
 	if eff.DBConcurrency > eff.MaxOpenConns {
 		defaulted := ""
 		if h.MaxOpenConns == 0 {
@@ -216,6 +233,8 @@ func (h *Handler) validateFields() error {
 		return fmt.Errorf("rate_limit: the window must be positive, not %s", time.Duration(eff.RateLimit.Window))
 	case eff.MaxBody < 0 || eff.MaxBody > maxMaxBody:
 		return fmt.Errorf("max_body: must be between 1 byte and 8 MiB, not %d", eff.MaxBody)
+	case eff.BodyBudget < 0:
+		return fmt.Errorf("body_budget: must not be negative, not %d", eff.BodyBudget)
 	case eff.DBTimeout < 0:
 		return errors.New("db_timeout: must not be negative")
 	case eff.Compat != 6 && eff.Compat != 7:
@@ -242,6 +261,7 @@ func (h *Handler) applyDefaults() {
 		h.RateLimit = &RateLimit{Requests: defaultRateLimit, Window: caddy.Duration(defaultRateLimitWindow)}
 	}
 	h.MaxBody = cmp.Or(h.MaxBody, defaultMaxBody)
+	h.BodyBudget = cmp.Or(h.BodyBudget, defaultBodyBudget)
 	h.DBTimeout = cmp.Or(h.DBTimeout, caddy.Duration(defaultDBTimeout))
 	h.Compat = cmp.Or(h.Compat, defaultCompat)
 	h.MaxOpenConns = cmp.Or(h.MaxOpenConns, dbpool.DefaultMaxOpenConns)
@@ -291,6 +311,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.limiter = val.(*ratelimit.Limiter)
 	}
+	h.useBodyBudget()
 	h.replyUnauthorized = reply{http.StatusUnauthorized, OutcomeUnauthorized, bodyUnauthorized6}
 	if h.Compat == 7 {
 		h.replyUnauthorized.body = bodyUnauthorized7
@@ -328,6 +349,7 @@ func (h *Handler) setupDatabase(ctx caddy.Context) error {
 
 // Cleanup releases this config's hold on the pool; the last holder closes it.
 func (h *Handler) Cleanup() error {
+	h.releaseBodyBudget()
 	if h.limiterKey != "" {
 		limiters.Delete(h.limiterKey) //nolint:errcheck // a limiter's Destruct cannot fail
 	}

@@ -61,6 +61,7 @@ func TestMetrics(t *testing.T) {
 	want := map[string]float64{
 		"closed": 1, "unauthorized": 2, "forbidden": 1, "room_closed": 1, "invalid_params": 1, "rate_limited": 1,
 		"invalid_token": 0, "invalid_room": 0, "too_large": 0, "unreadable_body": 0, "unavailable": 0,
+		"overloaded": 0, "body_budget": 0,
 		"client_closed": 0, "internal_error": 0,
 	}
 	// Every outcome has its series from the start, and no other exists.

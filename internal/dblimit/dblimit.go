@@ -50,6 +50,7 @@ type Limiter struct {
 	limit    int
 	inFlight int
 	waiters  []chan struct{} // in arrival order; closed when handed a slot
+	ahead    []chan struct{} // AcquireAhead's, served before waiters
 
 	sum        time.Duration // per-round-trip samples since the last move
 	n          int
@@ -86,9 +87,16 @@ func (l *Limiter) Limit() int {
 
 // Acquire waits for a slot, in arrival order, until ctx is done. Every nil
 // return must be followed by one Release or ReleaseFailed.
-func (l *Limiter) Acquire(ctx context.Context) error {
+func (l *Limiter) Acquire(ctx context.Context) error { return l.acquire(ctx, &l.waiters) }
+
+// AcquireAhead is Acquire for a request that goes before every Acquire
+// still waiting (those of credentials known to be real, while a flood of
+// unknown ones queues), in arrival order among themselves.
+func (l *Limiter) AcquireAhead(ctx context.Context) error { return l.acquire(ctx, &l.ahead) }
+
+func (l *Limiter) acquire(ctx context.Context, queue *[]chan struct{}) error {
 	l.mu.Lock()
-	if l.inFlight < l.limit && len(l.waiters) == 0 {
+	if l.inFlight < l.limit && len(l.ahead) == 0 && len(*queue) == 0 {
 		l.inFlight++
 		l.busy = l.busy || l.inFlight >= l.limit
 		l.mu.Unlock()
@@ -96,7 +104,7 @@ func (l *Limiter) Acquire(ctx context.Context) error {
 	}
 	l.busy = true
 	ready := make(chan struct{})
-	l.waiters = append(l.waiters, ready)
+	*queue = append(*queue, ready)
 	l.mu.Unlock()
 
 	select {
@@ -105,9 +113,9 @@ func (l *Limiter) Acquire(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	l.mu.Lock()
-	for i, w := range l.waiters {
+	for i, w := range *queue {
 		if w == ready {
-			l.waiters = append(l.waiters[:i], l.waiters[i+1:]...)
+			*queue = append((*queue)[:i], (*queue)[i+1:]...)
 			l.mu.Unlock()
 			return ctx.Err()
 		}
@@ -179,11 +187,14 @@ func (l *Limiter) setLimit(n int) {
 	}
 }
 
-// handOff gives free slots to the longest waiting requests.
+// handOff gives free slots to the longest waiting requests, those that
+// wait ahead first.
 func (l *Limiter) handOff() {
-	for l.inFlight < l.limit && len(l.waiters) > 0 {
-		close(l.waiters[0])
-		l.waiters = l.waiters[1:]
-		l.inFlight++
+	for _, queue := range []*[]chan struct{}{&l.ahead, &l.waiters} {
+		for l.inFlight < l.limit && len(*queue) > 0 {
+			close((*queue)[0])
+			*queue = (*queue)[1:]
+			l.inFlight++
+		}
 	}
 }

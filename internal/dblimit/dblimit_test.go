@@ -120,11 +120,51 @@ func TestWaitersGoInArrivalOrderAndGiveUpAtTheirDeadline(t *testing.T) {
 	}
 }
 
+// Requests that wait ahead get the free slots before every request that
+// waited longer without, in arrival order among themselves; one that gives
+// up leaves its place.
+func TestAheadGoesFirst(t *testing.T) {
+	l := New(1, 1)
+	if err := l.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 4)
+	var wg sync.WaitGroup
+	wait := func(name string, ctx context.Context, acquire func(context.Context) error) {
+		defer wg.Done()
+		if err := acquire(ctx); err != nil {
+			order <- name + ":" + err.Error()
+			return
+		}
+		order <- name
+		l.Release(time.Millisecond, 1)
+	}
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	wg.Add(4)
+	go wait("unknown", context.Background(), l.Acquire)
+	waitForWaiters(t, l, 1)
+	go wait("known, impatient", short, l.AcquireAhead)
+	waitForWaiters(t, l, 2)
+	go wait("known 1", context.Background(), l.AcquireAhead)
+	waitForWaiters(t, l, 3)
+	go wait("known 2", context.Background(), l.AcquireAhead)
+	waitForWaiters(t, l, 4)
+	if got := <-order; got != "known, impatient:"+context.DeadlineExceeded.Error() {
+		t.Fatalf("got %q, want the impatient waiter to give up first", got)
+	}
+	l.Release(time.Millisecond, 1)
+	wg.Wait()
+	if a, b, c := <-order, <-order, <-order; a != "known 1" || b != "known 2" || c != "unknown" {
+		t.Fatalf("slots went to %q, %q, %q; want known 1, known 2, unknown", a, b, c)
+	}
+}
+
 func waitForWaiters(t *testing.T, l *Limiter, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
 		l.mu.Lock()
-		got := len(l.waiters)
+		got := len(l.waiters) + len(l.ahead)
 		l.mu.Unlock()
 		if got == n {
 			return
