@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
@@ -26,7 +27,7 @@ const (
 )
 
 // Connector is a driver.Connector for database/sql. With several servers it
-// connects to the first that answers and is ready, in the listed order.
+// connects to the first that answers and takes writes, in the listed order.
 type Connector struct {
 	servers []*server
 }
@@ -35,6 +36,16 @@ type server struct {
 	addr      string
 	connector driver.Connector
 	skipUntil atomic.Int64 // unix nanoseconds
+	// epoch grows each time the server refuses a write (NotWritable), so
+	// that every connection to it is dropped, not only the one that saw it:
+	// its reads would be as stale as its writes are refused.
+	epoch atomic.Int64
+}
+
+// passOver skips s for a while and retires its connections.
+func (s *server) passOver() {
+	s.skipUntil.Store(time.Now().Add(skipFailedFor).UnixNano())
+	s.epoch.Add(1)
 }
 
 // NewConnector returns a connector for cfg's servers.
@@ -56,14 +67,17 @@ func NewConnector(cfg *Config) (*Connector, error) {
 func (c *Connector) Driver() driver.Driver { return mysql.MySQLDriver{} }
 
 // Connect implements driver.Connector: servers not recently failed first, in
-// order; then, if all of them failed recently, the others in order.
+// order; then, if all of them failed recently, the others in order. (So a
+// replica promoted while every server was passed over is found at once.)
 func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if len(c.servers) == 1 {
-		inner, err := c.servers[0].connector.Connect(ctx)
+		// No other server to prefer: no readiness check either.
+		s := c.servers[0]
+		inner, err := s.connector.Connect(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return newConn(inner, false)
+		return newConn(inner, s, false)
 	}
 	var errs []error
 	now := time.Now().UnixNano()
@@ -87,25 +101,15 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	return nil, errors.Join(errs...)
 }
 
-// connect opens a connection and checks that the server takes work: a
-// Galera node that is not synced answers every query with error 1047 (and
-// reports wsrep_ready OFF); other servers have no such variable.
+// connect opens a connection and checks that the server takes writes.
 func (s *server) connect(ctx context.Context, fallback bool) (driver.Conn, error) {
 	inner, err := s.connector.Connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c, err := newConn(inner, fallback)
-	if err != nil {
-		inner.Close()
-		return nil, err
-	}
-	galera, err := c.showValue(ctx, "SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
-	if err == nil && galera == "ON" {
-		var ready string
-		if ready, err = c.showValue(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_ready'"); err == nil && ready != "ON" {
-			err = errors.New("Galera node is not ready (wsrep_ready is not ON)")
-		}
+	c, err := newConn(inner, s, fallback)
+	if err == nil {
+		err = c.checkWritable(ctx)
 	}
 	if err != nil {
 		inner.Close()
@@ -114,19 +118,126 @@ func (s *server) connect(ctx context.Context, fallback bool) (driver.Conn, error
 	return c, nil
 }
 
-// showValue returns the value of the one row of a SHOW … LIKE statement, or
-// "" when there is none (MySQL has no wsrep variables).
-func (c *conn) showValue(ctx context.Context, show string) (string, error) {
-	rows, err := c.inner.QueryContext(ctx, show, nil)
+// checkWritable fails for a server that would refuse writes or serve stale
+// reads: read-only (a replica; a Group Replication secondary, or a member
+// not ONLINE, which Group Replication makes super_read_only), a Group
+// Replication member that is not the primary or is in a minority, or a
+// Galera node that is not synced (it answers every query with error 1047).
+// One round trip for a plain server; servers without a variable (MariaDB
+// has no super_read_only, MySQL no wsrep_on) simply do not list it.
+func (c *conn) checkWritable(ctx context.Context) error {
+	rows, err := c.rows(ctx, "SHOW GLOBAL VARIABLES WHERE Variable_name IN "+
+		"('read_only', 'super_read_only', 'wsrep_on', 'group_replication_group_name')")
 	if err != nil {
-		return "", err
+		return err
+	}
+	vars := map[string]string{}
+	for _, r := range rows {
+		vars[r[0]] = r[1]
+	}
+	for _, name := range []string{"super_read_only", "read_only"} {
+		if v, ok := vars[name]; ok && v != "OFF" && v != "0" {
+			return fmt.Errorf("read-only (%s is %s)", name, v)
+		}
+	}
+	if vars["wsrep_on"] == "ON" {
+		ready, err := c.rows(ctx, "SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+		if err != nil {
+			return err
+		}
+		if len(ready) == 0 || ready[0][1] != "ON" {
+			return errors.New("Galera node is not ready (wsrep_ready is not ON)")
+		}
+	}
+	if _, ok := vars["group_replication_group_name"]; ok {
+		return c.checkGroupPrimary(ctx)
+	}
+	return nil
+}
+
+// checkGroupPrimary reads the member's own view of its group (with the
+// Group Replication plugin loaded). No rows (performance_schema off) or an
+// OFFLINE member (replication not started) leave the decision to
+// read_only, checked before.
+func (c *conn) checkGroupPrimary(ctx context.Context) error {
+	members, err := c.rows(ctx, "SELECT MEMBER_ID = @@server_uuid, MEMBER_STATE, MEMBER_ROLE "+
+		"FROM performance_schema.replication_group_members")
+	if err != nil {
+		return err
+	}
+	online := 0
+	var self []string
+	for _, m := range members {
+		if m[1] == "ONLINE" {
+			online++
+		}
+		if m[0] == "1" {
+			self = m
+		}
+	}
+	switch {
+	case self == nil || self[1] == "OFFLINE":
+		return nil
+	case self[1] != "ONLINE":
+		return fmt.Errorf("Group Replication member is %s", self[1])
+	case self[2] != "PRIMARY":
+		return fmt.Errorf("Group Replication member is a %s", self[2])
+	case 2*online <= len(members):
+		return fmt.Errorf("Group Replication primary sees %d of %d members ONLINE (no quorum)", online, len(members))
+	}
+	return nil
+}
+
+// rows runs a statement with no arguments and returns its rows as text.
+func (c *conn) rows(ctx context.Context, query string) ([][]string, error) {
+	rows, err := c.inner.QueryContext(ctx, query, nil)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
-	vals := make([]driver.Value, len(rows.Columns()))
-	if err := rows.Next(vals); err != nil || len(vals) < 2 {
-		return "", nil
+	var out [][]string
+	for {
+		vals := make([]driver.Value, len(rows.Columns()))
+		if err := rows.Next(vals); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return nil, err
+		}
+		row := make([]string, len(vals))
+		for i, v := range vals {
+			if v != nil {
+				row[i] = fmt.Sprintf("%s", v)
+			}
+		}
+		out = append(out, row)
 	}
-	return fmt.Sprintf("%s", vals[1]), nil
+}
+
+// NotWritable reports an error with which a server refused a statement,
+// or a COMMIT, because it does not take writes now, and did none of it:
+//   - 1290 (ER_OPTION_PREVENTS_STATEMENT): read_only or super_read_only,
+//     as on a replica or a Group Replication secondary; 1836
+//     (ER_READ_ONLY_MODE) likewise;
+//   - 3100 (ER_RUN_HOOK_ERROR) and 3101 (ER_TRANSACTION_ROLLBACK_DURING_COMMIT):
+//     Group Replication refused the commit (the member is leaving the group,
+//     lost quorum, or certification failed) and rolled it back;
+//   - 3796 (ER_GRP_TRX_CONSISTENCY_NOT_ALLOWED): a member that is not ONLINE;
+//   - 1047 (ER_UNKNOWN_COM_ERROR): what a Galera node that is not synced
+//     answers to every statement.
+//
+// The connection that saw it has already passed its server over, so the
+// transaction may run again on a new connection, which goes to the next
+// server.
+func NotWritable(err error) bool {
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) {
+		return false
+	}
+	switch me.Number {
+	case 1290, 1836, 3100, 3101, 3796, 1047:
+		return true
+	}
+	return false
 }
 
 // mysqlConn is what go-sql-driver/mysql's connection implements and
@@ -144,47 +255,120 @@ type mysqlConn interface {
 }
 
 // conn is a driver connection whose transactions end within the deadline
-// of the context they began with.
+// of the context they began with, and which passes its server over when
+// the server refuses a write.
 type conn struct {
 	inner    mysqlConn
-	fallback bool // not to the first server
+	srv      *server
+	epoch    int64 // srv.epoch when connected
+	fallback bool  // not to the first server
 	created  time.Time
 }
 
-func newConn(inner driver.Conn, fallback bool) (*conn, error) {
+func newConn(inner driver.Conn, srv *server, fallback bool) (*conn, error) {
 	mc, ok := inner.(mysqlConn)
 	if !ok {
 		return nil, fmt.Errorf("unexpected driver connection %T", inner)
 	}
-	return &conn{inner: mc, fallback: fallback, created: time.Now()}, nil
+	return &conn{inner: mc, srv: srv, epoch: srv.epoch.Load(), fallback: fallback, created: time.Now()}, nil
 }
 
-func (c *conn) Prepare(query string) (driver.Stmt, error) { return c.inner.Prepare(query) }
-func (c *conn) Close() error                              { return c.inner.Close() }
+// note passes the server over when err says it takes no writes.
+func (c *conn) note(err error) error {
+	if NotWritable(err) {
+		c.srv.passOver()
+	}
+	return err
+}
+
+// retired reports a connection to a server that refused a write since it
+// was opened.
+func (c *conn) retired() bool { return c.srv.epoch.Load() != c.epoch }
+
+func (c *conn) Prepare(query string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+func (c *conn) Close() error { return c.inner.Close() }
 func (c *conn) Begin() (driver.Tx, error) {
 	return c.BeginTx(context.Background(), driver.TxOptions{})
 }
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	return c.inner.PrepareContext(ctx, query)
+	st, err := c.inner.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, c.note(err)
+	}
+	ms, ok := st.(mysqlStmt)
+	if !ok {
+		st.Close()
+		return nil, fmt.Errorf("unexpected driver statement %T", st)
+	}
+	return &stmt{inner: ms, conn: c}, nil
 }
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	return c.inner.ExecContext(ctx, query, args)
+	r, err := c.inner.ExecContext(ctx, query, args)
+	return r, c.note(err)
 }
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	return c.inner.QueryContext(ctx, query, args)
+	r, err := c.inner.QueryContext(ctx, query, args)
+	return r, c.note(err)
 }
-func (c *conn) Ping(ctx context.Context) error              { return c.inner.Ping(ctx) }
-func (c *conn) ResetSession(ctx context.Context) error      { return c.inner.ResetSession(ctx) }
+func (c *conn) Ping(ctx context.Context) error { return c.inner.Ping(ctx) }
+
+// ResetSession runs before a pooled connection is reused: one to a server
+// passed over since is discarded (database/sql then takes another or
+// connects anew).
+func (c *conn) ResetSession(ctx context.Context) error {
+	if c.retired() {
+		return driver.ErrBadConn
+	}
+	return c.inner.ResetSession(ctx)
+}
 func (c *conn) CheckNamedValue(nv *driver.NamedValue) error { return c.inner.CheckNamedValue(nv) }
 func (c *conn) IsValid() bool {
-	return c.inner.IsValid() && !(c.fallback && time.Since(c.created) > fallbackLifetime)
+	return c.inner.IsValid() && !c.retired() && !(c.fallback && time.Since(c.created) > fallbackLifetime)
+}
+
+// mysqlStmt is what go-sql-driver/mysql's statement implements and
+// database/sql uses.
+type mysqlStmt interface {
+	driver.Stmt
+	driver.StmtExecContext
+	driver.StmtQueryContext
+	driver.NamedValueChecker
+}
+
+// stmt is a prepared statement whose refusals pass its server over, as
+// its connection's do.
+type stmt struct {
+	inner mysqlStmt
+	conn  *conn
+}
+
+func (s *stmt) Close() error                                { return s.inner.Close() }
+func (s *stmt) NumInput() int                               { return s.inner.NumInput() }
+func (s *stmt) CheckNamedValue(nv *driver.NamedValue) error { return s.inner.CheckNamedValue(nv) }
+func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
+	r, err := s.inner.Exec(args) //nolint:staticcheck // driver.Stmt requires it
+	return r, s.conn.note(err)
+}
+func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
+	r, err := s.inner.Query(args) //nolint:staticcheck // driver.Stmt requires it
+	return r, s.conn.note(err)
+}
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	r, err := s.inner.ExecContext(ctx, args)
+	return r, s.conn.note(err)
+}
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	r, err := s.inner.QueryContext(ctx, args)
+	return r, s.conn.note(err)
 }
 
 // BeginTx starts a transaction (the driver bounds BEGIN by ctx) and keeps
 // ctx for its end.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	if _, err := c.inner.BeginTx(ctx, opts); err != nil {
-		return nil, err
+		return nil, c.note(err)
 	}
 	return &tx{conn: c, ctx: ctx}, nil
 }
@@ -207,7 +391,7 @@ func (t *tx) Commit() error {
 	if _, err := t.conn.inner.ExecContext(t.ctx, "COMMIT", nil); err != nil {
 		var me *mysql.MySQLError
 		if errors.As(err, &me) {
-			return err // the server answered: it did not commit
+			return t.conn.note(err) // the server answered: it did not commit
 		}
 		t.conn.inner.Close()
 		return fmt.Errorf("%w: %w: %v", ErrCommitOutcomeUnknown, driver.ErrBadConn, err)
@@ -232,5 +416,6 @@ func (t *tx) Rollback() error {
 var (
 	_ driver.Connector = (*Connector)(nil)
 	_ mysqlConn        = (*conn)(nil)
+	_ mysqlStmt        = (*stmt)(nil)
 	_ driver.Tx        = (*tx)(nil)
 )

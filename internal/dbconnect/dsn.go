@@ -1,7 +1,8 @@
 // Package dbconnect opens the module's MySQL pools: from a DSN that may name
-// several servers (tried in order, a failing one skipped for a while), with
-// transactions whose COMMIT and ROLLBACK obey the deadline of the context
-// the transaction began with, which database/sql alone does not give.
+// several servers (tried in order, one that fails or does not take writes
+// skipped for a while), with transactions whose COMMIT and ROLLBACK obey the
+// deadline of the context the transaction began with, which database/sql
+// alone does not give.
 package dbconnect
 
 import (
