@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/sqlstmt"
 )
 
@@ -104,9 +105,28 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// onWritable runs a write, and once more when the server refused it as
+// read-only or not the group's primary: nothing was done, and the connector
+// has passed that server over, so the rerun goes to the next.
+func onWritable(ctx context.Context, write func() error) error {
+	err := write()
+	if dbconnect.NotWritable(err) && ctx.Err() == nil {
+		err = write()
+	}
+	return err
+}
+
 // Claim leases up to limit deliverable events to owner until now+lease and
 // returns them in id order.
-func (s *Store) Claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]Event, error) {
+func (s *Store) Claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) (events []Event, err error) {
+	err = onWritable(ctx, func() error {
+		events, err = s.claim(ctx, owner, now, lease, limit)
+		return err
+	})
+	return events, err
+}
+
+func (s *Store) claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]Event, error) {
 	rows, err := s.candidates.QueryContext(ctx, now, now, limit)
 	if err != nil {
 		return nil, err
@@ -161,8 +181,11 @@ func (s *Store) MarkDelivered(ctx context.Context, ids []int64, owner string, no
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	_, err := s.db.ExecContext(ctx, fmt.Sprintf(deliveredSQL, strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")), args...)
-	return err
+	query := fmt.Sprintf(deliveredSQL, strings.TrimSuffix(strings.Repeat("?,", len(ids)), ","))
+	return onWritable(ctx, func() error {
+		_, err := s.db.ExecContext(ctx, query, args...)
+		return err
+	})
 }
 
 // MarkFailed records a failed attempt of an event claimed by owner; it
@@ -171,7 +194,10 @@ func (s *Store) MarkFailed(ctx context.Context, e Event, owner string, now, next
 	if len(reason) > 255 {
 		reason = reason[:255]
 	}
-	_, err = s.failed.ExecContext(ctx, reason, next, maxAttempts, maxAttempts, now, e.ID, owner)
+	err = onWritable(ctx, func() error {
+		_, err := s.failed.ExecContext(ctx, reason, next, maxAttempts, maxAttempts, now, e.ID, owner)
+		return err
+	})
 	return e.Attempts+1 >= maxAttempts, err
 }
 

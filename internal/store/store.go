@@ -230,8 +230,9 @@ func (s *Store) CloseRoom(ctx context.Context, req CloseRequest, f Found) (Resul
 		switch {
 		case err == nil:
 			return res, nil
-		case connectionBroke(err) && !brokeOnce && ctx.Err() == nil:
-			// The server went away before COMMIT was sent, so nothing was
+		case (connectionBroke(err) || dbconnect.NotWritable(err)) && !brokeOnce && ctx.Err() == nil:
+			// The server went away before COMMIT was sent, or refused the
+			// work as read-only or no longer the primary, so nothing was
 			// written: once more, on a new connection (to another server
 			// when the DSN names several).
 			brokeOnce = true
