@@ -60,10 +60,17 @@ func StartServer(t testing.TB) *Server {
 
 // DSN names database db on this server.
 func (s *Server) DSN(db string) string {
-	cfg := mysql.NewConfig()
-	cfg.User, cfg.Net, cfg.Addr, cfg.DBName = "root", "tcp", s.Addr, db
-	cfg.ParseTime, cfg.Loc = true, time.UTC
+	cfg := s.Config()
+	cfg.DBName = db
 	return cfg.FormatDSN()
+}
+
+// Config is root on this server, with no database.
+func (s *Server) Config() *mysql.Config {
+	cfg := mysql.NewConfig()
+	cfg.User, cfg.Net, cfg.Addr = "root", "tcp", s.Addr
+	cfg.ParseTime, cfg.Loc = true, time.UTC
+	return cfg
 }
 
 // Start starts the server and waits until it answers.

@@ -66,7 +66,19 @@ func New(t testing.TB) *DB {
 // NewOn is New on the server that cfg names.
 func NewOn(t testing.TB, cfg *mysql.Config) *DB {
 	t.Helper()
-	d := NewEmpty(t, cfg)
+	return migrated(t, NewEmpty(t, cfg))
+}
+
+// SameOn creates d's database, migrated, on the server that cfg names too,
+// as a replica of d's server would have it: a DSN naming both servers
+// reaches the same database name on either.
+func (d *DB) SameOn(t testing.TB, cfg *mysql.Config) *DB {
+	t.Helper()
+	return migrated(t, newEmpty(t, cfg, d.Name))
+}
+
+func migrated(t testing.TB, d *DB) *DB {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := schema.Migrate(ctx, d.DB); err != nil {
@@ -78,6 +90,11 @@ func NewOn(t testing.TB, cfg *mysql.Config) *DB {
 // NewEmpty creates a database on the server that cfg names (the configured
 // one when cfg is nil) and leaves it empty: never migrated.
 func NewEmpty(t testing.TB, cfg *mysql.Config) *DB {
+	t.Helper()
+	return newEmpty(t, cfg, "rcvoip_test_"+randomHex(6))
+}
+
+func newEmpty(t testing.TB, cfg *mysql.Config, name string) *DB {
 	t.Helper()
 	if cfg == nil {
 		cfg = ServerConfig(t)
@@ -99,7 +116,6 @@ func NewEmpty(t testing.TB, cfg *mysql.Config) *DB {
 		}
 		t.Skip(msg)
 	}
-	name := "rcvoip_test_" + randomHex(6)
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name+" CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"); err != nil {
 		t.Fatal(err)
 	}
