@@ -53,6 +53,21 @@ ensure_mysql() {
   export ROCKETCHAT_VOIP_TEST_DSN="$dsn"
 }
 
+# ensure_oracle_mysql is ensure_mysql for Oracle MySQL:
+#  1. $ROCKETCHAT_VOIP_MYSQL_DSN, if set (it must answer);
+#  2. the project's own MySQL on 127.0.0.1:$MYSQL_PORT, started now if need
+#     be (scripts/mysql-server.sh builds and caches its chroot).
+MYSQL_PORT=${ROCKETCHAT_VOIP_MYSQL_PORT:-3320}
+ensure_oracle_mysql() {
+  local dsn=${ROCKETCHAT_VOIP_MYSQL_DSN:-"root@tcp(127.0.0.1:$MYSQL_PORT)/"}
+  if [ -z "${ROCKETCHAT_VOIP_MYSQL_DSN:-}" ] && ! dbtool wait "$dsn" 1 2>/dev/null; then
+    bash "$ROOT_DIR/scripts/mysql-server.sh" start "$MYSQL_PORT" || die "could not start MySQL on 127.0.0.1:$MYSQL_PORT"
+  fi
+  dbtool wait "$dsn" 30 || die "MySQL does not answer at $dsn"
+  export ROCKETCHAT_VOIP_TEST_DSN="$dsn"
+  say "MySQL: $(dbtool query "$dsn" 'SELECT VERSION() AS v' | sed -n 's/^ *v: //p') at ${dsn#*@}"
+}
+
 find_mariadbd() {
   for b in mariadbd mysqld /usr/sbin/mariadbd /usr/sbin/mysqld /usr/libexec/mariadbd; do
     if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return 0; fi
