@@ -10,6 +10,7 @@
 #   bash scripts/mysql-server.sh stop PORT | kill PORT         # kill is SIGKILL, for drills
 #   bash scripts/mysql-server.sh wipe PORT                     # stop and delete its data
 #   bash scripts/mysql-server.sh sql PORT 'SELECT 1'
+#   bash scripts/mysql-server.sh client PORT [mysql client options…]
 #   bash scripts/mysql-server.sh version
 #
 # Each port keeps its data in the chroot under /srv/rcvoip/PORT (data,
@@ -117,6 +118,7 @@ case "${1:-}" in
   kill) cmd_kill "${2:?port}" ;;
   wipe) cmd_stop "${2:?port}"; rm -rf "$CHROOT$(dir_of "$2")" ;;
   sql) port=${2:?port}; shift 2; client "$port" -e "$*" ;;
+  client) port=${2:?port}; shift 2; client "$port" "$@" ;;
   version) build_chroot; cmd_version ;;
   build) build_chroot ;;
   *) sed -n '2,16p' "$0" >&2; exit 2 ;;
