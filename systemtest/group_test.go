@@ -103,12 +103,13 @@ func (d *groupDrill) secondaryFirst(t *testing.T, db *testdb.DB) {
 	}
 }
 
-// primaryDies: closes at about 40/s (five clients, each pausing 100 ms); the primary (member 1) is SIGKILLed;
-// the group expels it and elects another member. Every answer comes within
-// db_timeout; no close started more than 1 s after the election fails;
-// then member 1 rejoins as a secondary by distributed recovery, under the
-// same load. Every room is closed at most once, and every 200 left its room
-// closed with one message and one outbox row.
+// primaryDies: closes at about 40/s (five clients, each pausing 75 ms);
+// the primary (member 1) is SIGKILLed; the group expels it and elects
+// another member. Every answer comes within db_timeout; no close started
+// more than 1 s after the election fails; then member 1 rejoins as a
+// secondary by distributed recovery, under the same load. Every room is
+// closed at most once, and every 200 left its room closed with one message
+// and one outbox row.
 func (d *groupDrill) primaryDies(t *testing.T, db *testdb.DB) {
 	rids, tokens := seedRooms(t, db, 4000)
 	next := make(chan int, len(rids))
@@ -127,7 +128,7 @@ func (d *groupDrill) primaryDies(t *testing.T, db *testdb.DB) {
 				select {
 				case <-stop:
 					return
-				case <-time.After(100 * time.Millisecond):
+				case <-time.After(75 * time.Millisecond):
 				}
 				var i int
 				select {
