@@ -165,11 +165,11 @@ func (c *conn) checkGroupPrimary(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	online := 0
+	reachable := 0 // a majority of the group must be, for it to commit
 	var self []string
 	for _, m := range members {
-		if m[1] == "ONLINE" {
-			online++
+		if m[1] != "UNREACHABLE" {
+			reachable++
 		}
 		if m[0] == "1" {
 			self = m
@@ -182,8 +182,8 @@ func (c *conn) checkGroupPrimary(ctx context.Context) error {
 		return fmt.Errorf("Group Replication member is %s", self[1])
 	case self[2] != "PRIMARY":
 		return fmt.Errorf("Group Replication member is a %s", self[2])
-	case 2*online <= len(members):
-		return fmt.Errorf("Group Replication primary sees %d of %d members ONLINE (no quorum)", online, len(members))
+	case 2*reachable <= len(members):
+		return fmt.Errorf("Group Replication primary reaches %d of %d members (no quorum)", reachable, len(members))
 	}
 	return nil
 }
