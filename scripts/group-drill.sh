@@ -51,7 +51,7 @@ wait_online() {
     case "$(state "$n")" in ONLINE*) return 0 ;; ERROR*) break ;; esac
     sleep 0.25
   done
-  die "member $n did not come ONLINE; see $(bash scripts/mysql-server.sh build >/dev/null; echo "${ROCKETCHAT_VOIP_MYSQL_CHROOT:-$HOME/.cache/rocketchat-voip/mysql-chroot}")/srv/rcvoip/$(port "$n")/error.log"
+  die "member $n did not come ONLINE; see $($MYSQL errlog "$(port "$n")")"
 }
 
 join() {

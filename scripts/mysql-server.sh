@@ -12,6 +12,7 @@
 #   bash scripts/mysql-server.sh sql PORT 'SELECT 1'
 #   bash scripts/mysql-server.sh client PORT [mysql client options…]
 #   bash scripts/mysql-server.sh version
+#   bash scripts/mysql-server.sh errlog PORT                   # where its error log is
 #
 # Each port keeps its data in the chroot under /srv/rcvoip/PORT (data,
 # error.log, mysqld.pid, mysqld.sock), so a second start is fast too.
@@ -57,6 +58,7 @@ client() {
 
 cmd_start() {
   local port=$1; shift
+  [ "$(id -u)" = 0 ] || mdie "MySQL runs in a chroot, which needs root; or point ROCKETCHAT_VOIP_MYSQL_DSN at a MySQL server"
   build_chroot
   local dir; dir=$(dir_of "$port")
   if client "$port" -e 'SELECT 1' >/dev/null 2>&1; then
@@ -120,6 +122,7 @@ case "${1:-}" in
   sql) port=${2:?port}; shift 2; client "$port" -e "$*" ;;
   client) port=${2:?port}; shift 2; client "$port" "$@" ;;
   version) build_chroot; cmd_version ;;
+  errlog) echo "$CHROOT$(dir_of "${2:?port}")/error.log" ;;
   build) build_chroot ;;
   *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac
