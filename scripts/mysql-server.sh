@@ -11,7 +11,7 @@
 #   bash scripts/mysql-server.sh wipe PORT                     # stop and delete its data
 #   bash scripts/mysql-server.sh sql PORT 'SELECT 1'
 #   bash scripts/mysql-server.sh client PORT [mysql client options…]
-#   bash scripts/mysql-server.sh version
+#   bash scripts/mysql-server.sh build | version               # the chroot; the server's version
 #   bash scripts/mysql-server.sh errlog PORT                   # where its error log is
 #
 # Each port keeps its data in the chroot under /srv/rcvoip/PORT (data,
@@ -124,5 +124,5 @@ case "${1:-}" in
   version) build_chroot; cmd_version ;;
   errlog) echo "$CHROOT$(dir_of "${2:?port}")/error.log" ;;
   build) build_chroot ;;
-  *) sed -n '2,16p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
 esac
