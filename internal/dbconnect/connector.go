@@ -38,7 +38,7 @@ type server struct {
 	skipUntil atomic.Int64 // unix nanoseconds
 	// epoch grows each time the server refuses a write (NotWritable), so
 	// that every connection to it is dropped, not only the one that saw it:
-	// its reads would be as stale as its writes are refused.
+	// the others would be refused too, and read what a replica reads.
 	epoch atomic.Int64
 }
 
