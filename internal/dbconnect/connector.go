@@ -213,33 +213,6 @@ func (c *conn) rows(ctx context.Context, query string) ([][]string, error) {
 	}
 }
 
-// NotWritable reports an error with which a server refused a statement,
-// or a COMMIT, because it does not take writes now, and did none of it:
-//   - 1290 (ER_OPTION_PREVENTS_STATEMENT): read_only or super_read_only,
-//     as on a replica or a Group Replication secondary; 1836
-//     (ER_READ_ONLY_MODE) likewise;
-//   - 3100 (ER_RUN_HOOK_ERROR) and 3101 (ER_TRANSACTION_ROLLBACK_DURING_COMMIT):
-//     Group Replication refused the commit (the member is leaving the group,
-//     lost quorum, or certification failed) and rolled it back;
-//   - 3796 (ER_GRP_TRX_CONSISTENCY_NOT_ALLOWED): a member that is not ONLINE;
-//   - 1047 (ER_UNKNOWN_COM_ERROR): what a Galera node that is not synced
-//     answers to every statement.
-//
-// The connection that saw it has already passed its server over, so the
-// transaction may run again on a new connection, which goes to the next
-// server.
-func NotWritable(err error) bool {
-	var me *mysql.MySQLError
-	if !errors.As(err, &me) {
-		return false
-	}
-	switch me.Number {
-	case 1290, 1836, 3100, 3101, 3796, 1047:
-		return true
-	}
-	return false
-}
-
 // mysqlConn is what go-sql-driver/mysql's connection implements and
 // database/sql uses; conn passes all of it through.
 type mysqlConn interface {
