@@ -124,6 +124,7 @@ func (p *Pool) bringUp(ctx context.Context, migrate bool) error {
 	if err != nil {
 		return fmt.Errorf("preparing statements on %s: %w", p.name, err)
 	}
+	logWritePath(p.name, s.WritePath())
 	p.publish(s)
 	return nil
 }
@@ -162,6 +163,18 @@ func (p *Pool) retry() {
 			warned = time.Now()
 		}
 	}
+}
+
+// logWritePath says how closes will be written: at info, and at warn for
+// the portable path on an engine that has procedures (the operator can fix
+// that).
+func logWritePath(name string, path store.WritePath) {
+	level := zap.InfoLevel
+	if path.Engine.HasProcedures() && !path.Procedure {
+		level = zap.WarnLevel
+	}
+	logger().Log(level, "closes are written by "+path.String(),
+		zap.String("database", name), zap.String("engine", string(path.Engine)), zap.String("server_version", path.Version))
 }
 
 // logger is Caddy's logger of the moment: a pool outlives the configs, and

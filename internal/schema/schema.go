@@ -6,6 +6,21 @@
 // transaction; instead every statement is idempotent and a migration is
 // recorded only after all of its statements ran, so running again after an
 // interruption finishes the job.
+//
+// A migration file is read as the mysql client reads it, so an operator can
+// also apply one with `mysql < file`: statements end at a semicolon that
+// ends a line, and a `DELIMITER $$` line changes that terminator until the
+// next DELIMITER line, which is how a stored procedure's body (semicolons
+// and all) becomes one statement. Comment lines are dropped, except a
+// directive at the top of a file:
+//
+//	-- engines: MariaDB MySQL
+//
+// runs the file's statements only on those engines (dbconnect.EngineOf
+// names them). On the others the migration is recorded as applied without
+// running anything, so a version number means the same on every engine;
+// what the gateway does there is up to the code that would use the
+// migration's objects (internal/store chooses its close path by engine).
 package schema
 
 import (
@@ -15,12 +30,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 )
 
 //go:embed migrations/*.sql
@@ -49,6 +67,13 @@ type Migration struct {
 	Version    int
 	Name       string
 	Statements []string
+	// Engines, when not empty, are the only engines the statements run on.
+	Engines []dbconnect.Engine
+}
+
+// runsOn reports whether m's statements run on engine e.
+func (m Migration) runsOn(e dbconnect.Engine) bool {
+	return len(m.Engines) == 0 || slices.Contains(m.Engines, e)
 }
 
 // embedded are the migrations built in, read and checked once at start: a
@@ -89,7 +114,11 @@ func load(fsys fs.FS, dir string) ([]Migration, error) {
 		if len(stmts) == 0 {
 			return nil, fmt.Errorf("migration %s has no statement", name)
 		}
-		out = append(out, Migration{Version: v, Name: strings.TrimSuffix(name, ".sql"), Statements: stmts})
+		m := Migration{Version: v, Name: strings.TrimSuffix(name, ".sql"), Statements: stmts}
+		if m.Engines, err = enginesDirective(string(body)); err != nil {
+			return nil, fmt.Errorf("migration %s: %w", name, err)
+		}
+		out = append(out, m)
 	}
 	if len(out) == 0 {
 		return nil, errors.New("no migration is embedded")
@@ -107,21 +136,27 @@ func Latest() int {
 	return embedded[len(embedded)-1].Version
 }
 
-// splitStatements cuts a migration file into statements at semicolons that end
-// a line. Comment lines are dropped. The files are ours, so this simple rule
-// is enough and avoids the driver's multiStatements mode.
+// splitStatements cuts a migration file into statements at the delimiter
+// (";" until a DELIMITER line changes it) where it ends a line. Comment
+// lines are dropped. The files are ours, so this simple rule is enough and
+// avoids the driver's multiStatements mode.
 func splitStatements(src string) []string {
 	var stmts []string
 	var cur strings.Builder
+	delimiter := ";"
 	for _, line := range strings.Split(src, "\n") {
 		trimmed := strings.TrimSpace(line)
 		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
 			continue
 		}
+		if d, ok := strings.CutPrefix(trimmed, "DELIMITER "); ok {
+			delimiter = strings.TrimSpace(d)
+			continue
+		}
 		cur.WriteString(line)
 		cur.WriteByte('\n')
-		if strings.HasSuffix(trimmed, ";") {
-			stmts = append(stmts, strings.TrimSuffix(strings.TrimSpace(cur.String()), ";"))
+		if strings.HasSuffix(trimmed, delimiter) {
+			stmts = append(stmts, strings.TrimSuffix(strings.TrimSpace(cur.String()), delimiter))
 			cur.Reset()
 		}
 	}
@@ -129,6 +164,35 @@ func splitStatements(src string) []string {
 		stmts = append(stmts, s)
 	}
 	return stmts
+}
+
+// enginesDirective reads the "-- engines:" line among a file's leading
+// comments.
+func enginesDirective(src string) ([]dbconnect.Engine, error) {
+	for _, line := range strings.Split(src, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if trimmed == "" {
+			continue
+		}
+		comment, ok := strings.CutPrefix(trimmed, "--")
+		if !ok {
+			return nil, nil // past the leading comments
+		}
+		list, ok := strings.CutPrefix(strings.TrimSpace(comment), "engines:")
+		if !ok {
+			continue
+		}
+		var engines []dbconnect.Engine
+		for _, name := range strings.Fields(list) {
+			e := dbconnect.Engine(name)
+			if dbconnect.EngineOf(name) != e { // a name EngineOf would not give
+				return nil, fmt.Errorf("engines: unknown engine %q", name)
+			}
+			engines = append(engines, e)
+		}
+		return engines, nil
+	}
+	return nil, nil
 }
 
 // Version returns the highest migration version applied to db, or 0 when
@@ -210,13 +274,22 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 		return nil, err
 	}
 	var applied []int
+	var engine dbconnect.Engine // asked for when a migration needs it
 	for _, m := range ms {
 		if m.Version <= int(have.Int64) {
 			continue
 		}
+		if len(m.Engines) > 0 && engine == "" {
+			if engine, _, err = dbconnect.DetectEngine(ctx, conn); err != nil {
+				return applied, err
+			}
+		}
+		if !m.runsOn(engine) {
+			m.Statements = nil // recorded, not run: see the package comment
+		}
 		for i, stmt := range m.Statements {
 			if err := execIdempotent(ctx, conn, stmt); err != nil {
-				return applied, fmt.Errorf("migration %s, statement %d: %w", m.Name, i+1, err)
+				return applied, fmt.Errorf("migration %s, statement %d: %w%s", m.Name, i+1, err, privilegeHint(err))
 			}
 		}
 		// Another node may have recorded it first; that is the same outcome.
@@ -229,16 +302,27 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 	return applied, nil
 }
 
+// privilegeHint names what the migrating user lacks when the server denied
+// a statement.
+func privilegeHint(err error) string {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && (me.Number == 1044 || me.Number == 1142 || me.Number == 1227) { // ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
+		return " (the user that migrates needs the privileges to create and alter tables and indexes and, on MariaDB and MySQL, CREATE ROUTINE: see the README's Schema section)"
+	}
+	return ""
+}
+
 // execIdempotent runs an idempotent statement, again when it loses a
 // deadlock, a lock wait, or (on Galera) a certification conflict with the
 // same statement run on another node, all of which roll it back whole. A
-// column or index that exists already (ADD COLUMN and CREATE INDEX have no
-// IF NOT EXISTS that MySQL 8 accepts) counts as done.
+// column, index or procedure that exists already (ADD COLUMN, CREATE INDEX
+// and CREATE PROCEDURE have no IF NOT EXISTS that MySQL 8.0 accepts) counts
+// as done.
 func execIdempotent(ctx context.Context, conn *sql.Conn, stmt string, args ...any) error {
 	for attempt := 1; ; attempt++ {
 		_, err := conn.ExecContext(ctx, stmt, args...)
 		var me *mysql.MySQLError
-		if errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061) { // ER_DUP_FIELDNAME, ER_DUP_KEYNAME
+		if errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061 || me.Number == 1304) { // ER_DUP_FIELDNAME, ER_DUP_KEYNAME, ER_SP_ALREADY_EXISTS
 			return nil
 		}
 		if err == nil || attempt == 10 || !errors.As(err, &me) || (me.Number != 1213 && me.Number != 1205) {

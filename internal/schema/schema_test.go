@@ -27,7 +27,7 @@ func TestCheckAndMigrate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(applied) != schema.Latest() {
+	if len(applied) != migrationCount(t) {
 		t.Fatalf("applied %v, want every migration up to %d", applied, schema.Latest())
 	}
 	if err := schema.Check(ctx, db.DB); err != nil {
@@ -50,15 +50,26 @@ func TestMigrationsRunTwice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("running the migrations again: %v", err)
 	}
-	if len(applied) != schema.Latest() {
+	if len(applied) != migrationCount(t) {
 		t.Fatalf("applied %v", applied)
 	}
 	if n := db.Count(t, "permission_roles"); n != perms {
 		t.Fatalf("permission rows %d after a second run, want %d", n, perms)
 	}
-	if n := db.Count(t, schema.VersionTable); n != schema.Latest() {
-		t.Fatalf("%d version rows, want %d", n, schema.Latest())
+	if n := db.Count(t, schema.VersionTable); n != migrationCount(t) {
+		t.Fatalf("%d version rows, want %d", n, migrationCount(t))
 	}
+}
+
+// migrationCount is how many migrations there are (numbers are reserved
+// ahead, so the latest version may be more).
+func migrationCount(t *testing.T) int {
+	t.Helper()
+	ms, err := schema.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ms)
 }
 
 // Many migrators at once on a fresh database (gateways and commands started
@@ -91,8 +102,8 @@ func concurrentMigrators(t *testing.T, migrate func(context.Context, *sql.DB) ([
 	if err := schema.Check(ctx, db.DB); err != nil {
 		t.Fatal(err)
 	}
-	if n := db.Count(t, schema.VersionTable); n != schema.Latest() {
-		t.Fatalf("%d version rows, want %d", n, schema.Latest())
+	if n := db.Count(t, schema.VersionTable); n != migrationCount(t) {
+		t.Fatalf("%d version rows, want %d", n, migrationCount(t))
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"database/sql/driver"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -57,7 +58,9 @@ const (
 
 // The close's three writes. The UPDATE re-checks open inside the
 // transaction: the row lock makes concurrent closes queue, and every one
-// after the first matches no row.
+// after the first matches no row. These are the portable path, which runs
+// on every engine; migration 0005's procedure makes the same three writes
+// in one round trip where the engine has procedures (see New).
 const (
 	closeRoomSQL = `UPDATE rooms SET open = FALSE, closed_at = ?, closer = 'visitor',
   closed_by_id = ?, closed_by_username = ?, call_duration = ?, call_waiting_time = ?,
@@ -71,6 +74,13 @@ VALUES (?, ?, ?, ?, FALSE, ?, ?, ?, ?, ?)`
 	insertEventSQL = `INSERT INTO room_events (rid, type, payload, created_at) VALUES (?, 'room.closed', ?, ?)`
 )
 
+// CloseProcedure is migration 0005's stored procedure; callCloseSQL calls
+// it with closeWrite.procedureArgs.
+const (
+	CloseProcedure = "rocketchat_voip_close_room"
+	callCloseSQL   = "CALL " + CloseProcedure + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 // maxAttempts bounds how often a transaction that lost a deadlock or a lock
 // wait is run again before the error reaches the client as a 503.
 const maxAttempts = 3
@@ -80,13 +90,49 @@ type Store struct {
 	db                                    *sql.DB
 	credentials, credentialsAndRoom, room *sql.Stmt
 	closeRoom, insertMessage, insertEvent *sql.Stmt
+	callClose                             *sql.Stmt // nil: the portable path
+	path                                  WritePath
 	all                                   []*sql.Stmt // for Close
 	now                                   func() time.Time
+	newID                                 func() string
 }
 
-// New prepares every statement on db.
+// WritePath says how a store writes a close, and why.
+type WritePath struct {
+	// Procedure: one CALL of CloseProcedure. Otherwise the portable
+	// transaction (BEGIN, UPDATE, two INSERTs, COMMIT).
+	Procedure bool
+	Engine    dbconnect.Engine
+	Version   string // the server's VERSION()
+	// Why the portable path is used, when it is.
+	Why string
+}
+
+func (p WritePath) String() string {
+	if p.Procedure {
+		return "procedure " + CloseProcedure + " (one round trip)"
+	}
+	return "portable transaction (five round trips): " + p.Why
+}
+
+// ErrNoExecutePrivilege is New's error when the database user may not call
+// CloseProcedure.
+var ErrNoExecutePrivilege = errors.New("the database user lacks the EXECUTE privilege on the procedure " + CloseProcedure)
+
+// New prepares every statement on db, and chooses how closes are written:
+// where the engine has stored procedures (MariaDB and MySQL, Galera and
+// Group Replication included) by calling migration 0005's procedure,
+// elsewhere (TiDB, Vitess) by the portable transaction. A user who may not
+// call the procedure is ErrNoExecutePrivilege, so that a gateway fails at
+// its start rather than answer 503 to every close; a procedure missing
+// from a database migrated past 0005 (a dump restored without its
+// routines) leaves the portable path, and WritePath says why.
 func New(ctx context.Context, db *sql.DB) (*Store, error) {
-	s := &Store{db: db, now: time.Now}
+	return newStore(ctx, db, true)
+}
+
+func newStore(ctx context.Context, db *sql.DB, procedureAllowed bool) (*Store, error) {
+	s := &Store{db: db, now: time.Now, newID: randomID}
 	var err error
 	s.all, err = sqlstmt.Prepare(ctx, db,
 		sqlstmt.Query{Into: &s.credentials, SQL: credentialsSQL},
@@ -99,8 +145,60 @@ func New(ctx context.Context, db *sql.DB) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := s.choosePath(ctx, procedureAllowed); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
+
+// choosePath sets s.path, and s.callClose when the procedure is used.
+func (s *Store) choosePath(ctx context.Context, procedureAllowed bool) error {
+	var err error
+	s.path.Engine, s.path.Version, err = dbconnect.DetectEngine(ctx, s.db)
+	switch {
+	case err != nil:
+		return err
+	case !procedureAllowed:
+		s.path.Why = "chosen by the caller"
+		return nil
+	case !s.path.Engine.HasProcedures():
+		s.path.Why = string(s.path.Engine) + " has no stored procedures the gateway can use"
+		return nil
+	}
+	call, err := s.db.PrepareContext(ctx, callCloseSQL)
+	if err == nil {
+		// A prepared CALL is not checked for EXECUTE until it runs; run it
+		// on a room id that matches nothing. It writes nothing and answers
+		// room-closed.
+		_, err = call.ExecContext(ctx, make([]any, 15)...)
+		// A server that takes no writes now (a replica, a secondary)
+		// checked the privilege before it refused.
+		if errors.Is(procedureError(err), ErrRoomClosed) || dbconnect.NotWritable(err) {
+			s.callClose, s.path.Procedure = call, true
+			s.all = append(s.all, call)
+			return nil
+		}
+		call.Close()
+	}
+	var me *mysql.MySQLError
+	switch {
+	case errors.As(err, &me) && me.Number == 1305: // ER_SP_DOES_NOT_EXIST
+		s.path.Why = "the procedure " + CloseProcedure + " is missing (restored from a dump without --routines?): " +
+			"create it again with the mysql client from internal/schema/migrations/0005_close_procedure.sql"
+		return nil
+	case errors.As(err, &me) && me.Number == 1370: // ER_PROCACCESS_DENIED_ERROR
+		var dbName sql.NullString
+		s.db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&dbName) //nolint:errcheck // only for the message
+		return fmt.Errorf("%w: GRANT EXECUTE ON PROCEDURE %s.%s TO the gateway's user (see the README's setup): %v",
+			ErrNoExecutePrivilege, dbName.String, CloseProcedure, err)
+	default:
+		return fmt.Errorf("trying the procedure %s: %w", CloseProcedure, err)
+	}
+}
+
+// WritePath says how the store writes a close.
+func (s *Store) WritePath() WritePath { return s.path }
 
 // Close releases the prepared statements.
 func (s *Store) Close() error {
@@ -173,8 +271,8 @@ type Result struct {
 // CloseRoom closes the room that f holds, or returns ErrInvalidToken,
 // ErrInvalidRoom, ErrRoomClosed, or a database error. After a database
 // error nothing was written, unless it wraps
-// dbconnect.ErrCommitOutcomeUnknown: then the COMMIT was sent and may have
-// landed.
+// dbconnect.ErrCommitOutcomeUnknown: then the COMMIT (or the CALL, which
+// commits) was sent and may have landed.
 func (s *Store) CloseRoom(ctx context.Context, req CloseRequest, f Found) (Result, error) {
 	r, err := decodeRoom(f.raw, req.Rid, req.VisitorToken)
 	if err != nil {
@@ -194,8 +292,15 @@ func (s *Store) CloseRoom(ctx context.Context, req CloseRequest, f Found) (Resul
 		b, _ := json.Marshal(req.Tags)
 		tags = string(b)
 	}
-	res := Result{MessageID: randomID(), ClosedAt: now, CallDuration: now.Sub(r.ts).Milliseconds()}
-	payload, _ := json.Marshal(closedEvent{
+	res := Result{MessageID: s.newID(), ClosedAt: now, CallDuration: now.Sub(r.ts).Milliseconds()}
+	w := closeWrite{
+		rid: req.Rid, now: now,
+		closedByID: r.visitorID, closedByUsername: r.visitorUsername,
+		callDuration: res.CallDuration, waiting: waiting, hold: hold,
+		messageID: res.MessageID, tags: tags, messageType: msgType, msg: msg,
+		agentID: req.Agent.ID, agentUsername: nullIfEmpty(req.Agent.Username), agentName: nullIfEmpty(req.Agent.Name),
+	}
+	w.payload, _ = json.Marshal(closedEvent{
 		Rid: req.Rid, Closer: "visitor",
 		ClosedBy:     idName{ID: r.visitorID.String, Username: r.visitorUsername.String},
 		Agent:        idName{ID: req.Agent.ID, Username: req.Agent.Username},
@@ -205,41 +310,104 @@ func (s *Store) CloseRoom(ctx context.Context, req CloseRequest, f Found) (Resul
 
 	brokeOnce := false
 	for attempt := 1; ; attempt++ {
-		err = s.inTx(ctx, &res.RoundTrips, func(tx *sql.Tx) error {
-			res.RoundTrips++
-			upd, err := tx.StmtContext(ctx, s.closeRoom).ExecContext(ctx,
-				now, r.visitorID, r.visitorUsername, res.CallDuration, waiting, hold, now,
-				now, res.MessageID, tags, req.Rid)
-			if err != nil {
-				return err
-			}
-			if n, err := upd.RowsAffected(); err != nil {
-				return err
-			} else if n == 0 {
-				return ErrRoomClosed
-			}
-			res.RoundTrips++
-			if _, err := tx.StmtContext(ctx, s.insertMessage).ExecContext(ctx,
-				res.MessageID, req.Rid, msgType, msg, req.Agent.ID, nullIfEmpty(req.Agent.Username), nullIfEmpty(req.Agent.Name), now, now); err != nil {
-				return err
-			}
-			res.RoundTrips++
-			_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx, req.Rid, payload, now)
-			return err
-		})
+		if s.callClose != nil {
+			err = s.writeByProcedure(ctx, &res.RoundTrips, &w)
+		} else {
+			err = s.writeInTransaction(ctx, &res.RoundTrips, &w)
+		}
 		switch {
 		case err == nil:
 			return res, nil
 		case (connectionBroke(err) || dbconnect.NotWritable(err)) && !brokeOnce && ctx.Err() == nil:
-			// The server went away before COMMIT was sent, or refused the
-			// work as read-only or no longer the primary, so nothing was
-			// written: once more, on a new connection (to another server
-			// when the DSN names several).
+			// The server went away before COMMIT (or the CALL) was sent, or
+			// refused the work as read-only or no longer the primary, so
+			// nothing was written: once more, on a new connection (to
+			// another server when the DSN names several).
 			brokeOnce = true
 		case attempt >= maxAttempts || !retryable(err):
 			return Result{RoundTrips: res.RoundTrips}, err
 		}
 	}
+}
+
+// closeWrite is what a close writes, every value decided in Go; both write
+// paths take their arguments from it.
+type closeWrite struct {
+	rid                          string
+	now                          time.Time
+	closedByID, closedByUsername sql.NullString
+	callDuration                 int64
+	waiting                      sql.NullInt64
+	hold                         int64
+	messageID                    string
+	tags                         any // NULL keeps the room's tags
+	messageType, msg             string
+	agentID                      string
+	agentUsername, agentName     sql.NullString
+	payload                      []byte
+}
+
+func (w *closeWrite) closeRoomArgs() []any {
+	return []any{w.now, w.closedByID, w.closedByUsername, w.callDuration, w.waiting, w.hold, w.now,
+		w.now, w.messageID, w.tags, w.rid}
+}
+
+func (w *closeWrite) insertMessageArgs() []any {
+	return []any{w.messageID, w.rid, w.messageType, w.msg, w.agentID, w.agentUsername, w.agentName, w.now, w.now}
+}
+
+func (w *closeWrite) insertEventArgs() []any { return []any{w.rid, w.payload, w.now} }
+
+// procedureArgs are CloseProcedure's parameters, in its order.
+func (w *closeWrite) procedureArgs() []any {
+	return []any{w.rid, w.now, w.closedByID, w.closedByUsername, w.callDuration, w.waiting, w.hold,
+		w.messageID, w.tags, w.messageType, w.msg, w.agentID, w.agentUsername, w.agentName, w.payload}
+}
+
+// writeInTransaction is the portable path: the three writes in a
+// transaction of their own, five round trips.
+func (s *Store) writeInTransaction(ctx context.Context, roundTrips *int, w *closeWrite) error {
+	return s.inTx(ctx, roundTrips, func(tx *sql.Tx) error {
+		*roundTrips++
+		upd, err := tx.StmtContext(ctx, s.closeRoom).ExecContext(ctx, w.closeRoomArgs()...)
+		if err != nil {
+			return err
+		}
+		if n, err := upd.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return ErrRoomClosed
+		}
+		*roundTrips++
+		if _, err := tx.StmtContext(ctx, s.insertMessage).ExecContext(ctx, w.insertMessageArgs()...); err != nil {
+			return err
+		}
+		*roundTrips++
+		_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx, w.insertEventArgs()...)
+		return err
+	})
+}
+
+// writeByProcedure makes the same writes in one CALL, which commits on the
+// server: once it is sent, an error that is not the server's own means the
+// outcome is unknown, as for a COMMIT (dbconnect.CommitError).
+func (s *Store) writeByProcedure(ctx context.Context, roundTrips *int, w *closeWrite) error {
+	if err := ctx.Err(); err != nil {
+		return err // not sent
+	}
+	*roundTrips++
+	_, err := s.callClose.ExecContext(ctx, w.procedureArgs()...)
+	return procedureError(dbconnect.CommitError(err))
+}
+
+// procedureError turns the procedure's room-closed signal into
+// ErrRoomClosed.
+func procedureError(err error) error {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.SQLState == [5]byte{'4', '5', '0', '0', '0'} && me.Message == "room-closed" {
+		return ErrRoomClosed
+	}
+	return err
 }
 
 // inTx runs fn in a transaction, counting BEGIN and COMMIT or ROLLBACK in

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
@@ -19,12 +20,37 @@ type fixture struct {
 	agent   store.Agent
 }
 
-func newFixture(t *testing.T) *fixture {
-	t.Helper()
+// writePaths runs a test on each write path the test server has: the
+// portable transaction everywhere, and the procedure where the engine has
+// it.
+func writePaths(t *testing.T, test func(t *testing.T, procedure bool)) {
+	t.Run("portable", func(t *testing.T) { test(t, false) })
+	t.Run("procedure", func(t *testing.T) {
+		if !testServerHasProcedures(t) {
+			t.Skip("the test server has no stored procedures: the portable path is the only one")
+		}
+		test(t, true)
+	})
+}
+
+func testServerHasProcedures(t *testing.T) bool {
 	db := testdb.New(t)
-	st, err := store.New(context.Background(), db.DB)
+	engine, _, err := dbconnect.DetectEngine(context.Background(), db.DB)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return engine.HasProcedures()
+}
+
+func newFixture(t *testing.T, procedure bool) *fixture {
+	t.Helper()
+	db := testdb.New(t)
+	st, err := store.NewForTest(context.Background(), db.DB, procedure, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.WritePath().Procedure; got != procedure {
+		t.Fatalf("write path %v, want procedure %v", st.WritePath(), procedure)
 	}
 	t.Cleanup(func() { st.Close() })
 	f := &fixture{db: db, st: st, visitor: db.AddVisitor(t, "visitor1")}
@@ -43,8 +69,10 @@ func (f *fixture) close(rid, token string) (store.Result, error) {
 	return f.st.CloseRoom(ctx, store.CloseRequest{Rid: rid, VisitorToken: token, Agent: f.agent, Comment: "done", Tags: []string{"a"}}, found)
 }
 
-func TestCloseRoomOutcomes(t *testing.T) {
-	f := newFixture(t)
+func TestCloseRoomOutcomes(t *testing.T) { writePaths(t, closeRoomOutcomes) }
+
+func closeRoomOutcomes(t *testing.T, procedure bool) {
+	f := newFixture(t, procedure)
 	opened := time.Now().UTC().Add(-time.Minute).Truncate(time.Millisecond)
 	f.db.AddRoom(t, "ROOM1", f.visitor, opened, nil)
 	other := f.db.AddVisitor(t, "visitor2")
@@ -98,12 +126,24 @@ FROM rooms r JOIN messages m ON m.id = r.last_message_id WHERE r.id = 'ROOM1'`).
 	if _, err := f.close("ROOM1", f.visitor.Token); !errors.Is(err, store.ErrRoomClosed) {
 		t.Fatalf("second close: %v, want ErrRoomClosed", err)
 	}
+	if want := 1 + 4*btoi(!procedure); res.RoundTrips != want {
+		t.Fatalf("the close took %d round trips, want %d", res.RoundTrips, want)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Exactly one of many concurrent closes of a room wins; the others get
 // ErrRoomClosed and write nothing.
-func TestCloseRoomConcurrentExactlyOnce(t *testing.T) {
-	f := newFixture(t)
+func TestCloseRoomConcurrentExactlyOnce(t *testing.T) { writePaths(t, closeRoomConcurrentExactlyOnce) }
+
+func closeRoomConcurrentExactlyOnce(t *testing.T, procedure bool) {
+	f := newFixture(t, procedure)
 	f.db.AddRoom(t, "ROOM1", f.visitor, time.Now().UTC(), nil)
 	var wg sync.WaitGroup
 	errs := make(chan error, 20)
