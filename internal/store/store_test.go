@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -167,4 +169,107 @@ func closeRoomConcurrentExactlyOnce(t *testing.T, procedure bool) {
 	if wins != 1 || f.db.Count(t, "messages") != 1 || f.db.Count(t, "room_events") != 1 {
 		t.Fatalf("%d wins, %d messages, %d outbox rows; want 1 each", wins, f.db.Count(t, "messages"), f.db.Count(t, "room_events"))
 	}
+}
+
+// The procedure and the portable transaction write the same rows: two
+// databases seeded alike, the same closes through each path with the same
+// clock and message ids, then every row of the tables a close writes
+// compared column by column.
+func TestWritePathsWriteTheSameRows(t *testing.T) {
+	if !testServerHasProcedures(t) {
+		t.Skip("the test server has no stored procedures: the portable path is the only one")
+	}
+	opened := time.Date(2026, 3, 1, 10, 0, 0, 123e6, time.UTC)
+	now := func() time.Time { return opened.Add(90*time.Second + 456*time.Millisecond) }
+	dump := map[bool]map[string][][]string{}
+	for _, procedure := range []bool{false, true} {
+		db := testdb.New(t)
+		ids := 0
+		st, err := store.NewForTest(context.Background(), db.DB, procedure, now, func() string { ids++; return fmt.Sprintf("MSG%d", ids) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		v := db.AddVisitor(t, "visitor1")
+		anonymous := testdb.Visitor{ID: "visitor2", Token: "vtok-visitor2"}
+		db.Exec(t, "INSERT INTO livechat_visitors (id, token) VALUES (?, ?)", anonymous.ID, anonymous.Token) // no username
+		db.AddRoom(t, "PLAIN", v, opened, nil)
+		db.AddRoom(t, "CALL", v, opened, "call-1")
+		db.AddRoom(t, "ANON", anonymous, opened, nil)
+		for i, ev := range []string{"AgentConnect", "Hold", "Unhold", "Hold"} {
+			db.Exec(t, "INSERT INTO pbx_events (id, unique_id, event, call_unique_id, hold_time, ts) VALUES (?, ?, ?, 'call-1', '2.5', ?)",
+				fmt.Sprintf("p%d", i), fmt.Sprintf("u%d", i), ev, opened.Add(time.Duration(i+1)*10*time.Second))
+		}
+		agent := store.Agent{ID: "agent1", Username: "user.agent1", Name: "Agent One"}
+		for _, c := range []struct {
+			rid, token string
+			req        store.CloseRequest
+		}{
+			{"PLAIN", v.Token, store.CloseRequest{Agent: agent}},
+			{"CALL", v.Token, store.CloseRequest{Agent: agent, Comment: "wrapped up ✓ 'quoted'", Tags: []string{"a", "b"}}},
+			{"ANON", anonymous.Token, store.CloseRequest{Agent: store.Agent{ID: "bot"}, Tags: []string{"x"}}},
+		} {
+			c.req.Rid, c.req.VisitorToken = c.rid, c.token
+			found, err := st.ReadRoom(context.Background(), c.rid, c.token)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.CloseRoom(context.Background(), c.req, found); err != nil {
+				t.Fatalf("procedure %v, closing %s: %v", procedure, c.rid, err)
+			}
+		}
+		dump[procedure] = map[string][][]string{}
+		for _, table := range []string{"rooms", "messages", "room_events"} {
+			dump[procedure][table] = dumpTable(t, db, table)
+		}
+	}
+	for table, portable := range dump[false] {
+		procedure := dump[true][table]
+		if len(portable) != len(procedure) {
+			t.Fatalf("%s: %d rows by the portable path, %d by the procedure", table, len(portable), len(procedure))
+		}
+		for i := range portable {
+			if !slices.Equal(portable[i], procedure[i]) {
+				t.Errorf("%s row %d differs:\nportable  %q\nprocedure %q", table, i, portable[i], procedure[i])
+			}
+		}
+	}
+	if n := len(dump[true]["messages"]); n != 3 {
+		t.Fatalf("%d messages, want 3", n)
+	}
+}
+
+// dumpTable returns every row of table, ordered by its first column, each
+// column as text ("NULL" for NULL).
+func dumpTable(t *testing.T, db *testdb.DB, table string) [][]string {
+	t.Helper()
+	rows, err := db.Query("SELECT * FROM " + table + " ORDER BY 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	var out [][]string
+	for rows.Next() {
+		vals := make([]sql.RawBytes, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			t.Fatal(err)
+		}
+		row := make([]string, len(cols))
+		for i, v := range vals {
+			row[i] = cols[i] + "=" + string(v)
+			if v == nil {
+				row[i] = cols[i] + "=NULL"
+			}
+		}
+		out = append(out, row)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

@@ -1,0 +1,90 @@
+package schema
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
+)
+
+// Statements end where the mysql client would end them: at ";" ending a
+// line, or at the delimiter a DELIMITER line sets, so that a procedure's
+// body is one statement.
+func TestSplitStatements(t *testing.T) {
+	src := `-- a comment
+CREATE TABLE a (x INT);
+INSERT INTO a VALUES (1),
+  (2);
+
+DELIMITER $$
+CREATE PROCEDURE p()
+BEGIN
+  -- inside
+  UPDATE a SET x = 3;
+  SELECT 1;
+END$$
+DELIMITER ;
+DROP TABLE b;
+`
+	got := splitStatements(src)
+	want := []string{
+		"CREATE TABLE a (x INT)",
+		"INSERT INTO a VALUES (1),\n  (2)",
+		"CREATE PROCEDURE p()\nBEGIN\n  UPDATE a SET x = 3;\n  SELECT 1;\nEND",
+		"DROP TABLE b",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+}
+
+func TestEnginesDirective(t *testing.T) {
+	cases := []struct {
+		src  string
+		want []dbconnect.Engine
+		err  string
+	}{
+		{"-- 0009: something\n-- engines: MariaDB MySQL\nCREATE TABLE a (x INT);", []dbconnect.Engine{dbconnect.MariaDB, dbconnect.MySQL}, ""},
+		{"-- no directive\nCREATE TABLE a (x INT);\n-- engines: TiDB\n", nil, ""}, // only among the leading comments
+		{"-- engines: MariaDB Oracle\n", nil, `unknown engine "Oracle"`},
+	}
+	for _, c := range cases {
+		got, err := enginesDirective(c.src)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%q: error %v, want %q", c.src, err, c.err)
+			}
+			continue
+		}
+		if err != nil || !slices.Equal(got, c.want) {
+			t.Errorf("%q: %v, %v; want %v", c.src, got, err, c.want)
+		}
+	}
+	m := Migration{Engines: []dbconnect.Engine{dbconnect.MariaDB, dbconnect.MySQL}}
+	if !m.runsOn(dbconnect.MySQL) || m.runsOn(dbconnect.TiDB) || m.runsOn(dbconnect.Vitess) || !(Migration{}).runsOn(dbconnect.TiDB) {
+		t.Fatal("runsOn: a migration with engines runs only on them; one without, everywhere")
+	}
+}
+
+// The close's procedure is created only where the gateway can call it.
+func TestCloseProcedureMigrationEngines(t *testing.T) {
+	ms, err := Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Version == 5 {
+			for _, e := range []dbconnect.Engine{dbconnect.MariaDB, dbconnect.MySQL, dbconnect.TiDB, dbconnect.Vitess} {
+				if m.runsOn(e) != e.HasProcedures() {
+					t.Errorf("0005 runs on %s: %v, but HasProcedures says %v", e, m.runsOn(e), e.HasProcedures())
+				}
+			}
+			if len(m.Statements) != 1 {
+				t.Fatalf("0005 has %d statements, want the one CREATE PROCEDURE", len(m.Statements))
+			}
+			return
+		}
+	}
+	t.Fatal("no migration 0005")
+}
