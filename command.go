@@ -117,12 +117,15 @@ func migrateCommand() *cobra.Command {
 func checkCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "check [--dsn <dsn>]",
-		Short: "Check that a database is ready: reachable, schema current, permission rows present",
+		Short: "Check that a database is ready: reachable, schema current, the close's procedure callable, permission rows present",
 		Args:  cobra.NoArgs,
 		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			// openFromFlags has connected: an unreachable database never gets
 			// here (see unreachableProblem).
-			problems := checkDatabase(ctx, db)
+			writePath, problems := checkDatabase(ctx, db)
+			if writePath != "" {
+				fmt.Fprintln(c.OutOrStdout(), "closes are written by", writePath)
+			}
 			for _, p := range problems {
 				fmt.Fprintln(c.OutOrStdout(), "problem:", p)
 			}
@@ -146,12 +149,25 @@ func checkCommand() *cobra.Command {
 	return c
 }
 
-// checkDatabase lists what would stop the gateway from answering correctly.
-func checkDatabase(ctx context.Context, db *sql.DB) []string {
+// checkDatabase lists what would stop the gateway from answering correctly,
+// and says how it would write closes.
+func checkDatabase(ctx context.Context, db *sql.DB) (writePath string, problems []string) {
 	if err := schema.Check(ctx, db); err != nil {
-		return []string{err.Error()}
+		return "", []string{err.Error()}
 	}
-	var problems []string
+	// The gateway's own start: the statements prepared, the write path
+	// chosen, EXECUTE on the procedure tried.
+	st, err := store.New(ctx, db)
+	if err != nil {
+		problems = append(problems, fmt.Sprintf("the gateway would not start: %v", err))
+	} else {
+		path := st.WritePath()
+		st.Close()
+		writePath = path.String()
+		if path.Engine.HasProcedures() && !path.Procedure {
+			problems = append(problems, "closes would take the slower portable path: "+path.Why)
+		}
+	}
 	for _, perm := range []string{store.PermissionInboundVoipCalls, store.PermissionBypassRateLimitAPI} {
 		n, err := store.RolesGranting(ctx, db, perm)
 		if err != nil {
@@ -162,7 +178,7 @@ func checkDatabase(ctx context.Context, db *sql.DB) []string {
 			problems = append(problems, fmt.Sprintf("no role grants %q: nobody can use this route as intended (see permission_roles)", perm))
 		}
 	}
-	return problems
+	return writePath, problems
 }
 
 func hashTokenCommand() *cobra.Command {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
 
@@ -97,32 +98,49 @@ func TestRowLockedPastTimeout(t *testing.T) {
 }
 
 // TestStallAtTransactionEdges: a server that stalls at BEGIN or at COMMIT
-// (as Galera does while it evicts a dead node) still gets every request
+// (as Galera does while it evicts a dead node), or at the CALL that commits
+// where closes are written by the procedure, still gets every request
 // answered within db_timeout, with 503; the connection is dropped, not
 // reused; and a retry afterwards sees what really happened.
 func TestStallAtTransactionEdges(t *testing.T) {
 	const timeout = 500 * time.Millisecond
 	const slack = 400 * time.Millisecond // generous for a loaded CI machine; the README reports what is measured
-	cases := []struct {
+	type stallCase struct {
 		name      string
-		statement string
-		deliver   bool // the statement reaches the server before the stall
+		portable  bool   // the gateway writes by the portable transaction
+		freeze    []byte // the bytes a client sends that start the stall
+		deliver   bool   // they reach the server before the stall
 		thaw      func(*testdb.Proxy)
 		retry     int
 		retryBody string
-	}{
+	}
+	query := func(q string) []byte { return append([]byte{0x03}, q...) } // COM_QUERY
+	// The CALL's execution is the one packet that carries its message type.
+	call := []byte(store.MessageTypeEnded)
+	dropLink := func(p *testdb.Proxy) { p.Down(); p.Up() }
+	thawed := func(p *testdb.Proxy) { p.Up() }
+	closedOK, roomClosed := `{"rid":"ROOM1","success":true}`, `{"success":false,"error":"room-closed"}`
+	cases := []stallCase{
 		// COMMIT never reaches the server and the connection dies: the close
 		// did not happen, and a retry closes the room.
-		{"COMMIT held, then the link drops", "COMMIT", false, func(p *testdb.Proxy) { p.Down(); p.Up() }, 200, `{"rid":"ROOM1","success":true}`},
+		{"COMMIT held, then the link drops", true, query("COMMIT"), false, dropLink, 200, closedOK},
 		// COMMIT reaches the server, its answer is lost: the close landed
 		// although the client got 503; a retry answers room-closed.
-		{"COMMIT applied, answer lost", "COMMIT", true, func(p *testdb.Proxy) { p.Up() }, 400, `{"success":false,"error":"room-closed"}`},
-		{"BEGIN held", "START TRANSACTION", false, func(p *testdb.Proxy) { p.Down(); p.Up() }, 200, `{"rid":"ROOM1","success":true}`},
+		{"COMMIT applied, answer lost", true, query("COMMIT"), true, thawed, 400, roomClosed},
+		{"BEGIN held", true, query("START TRANSACTION"), false, dropLink, 200, closedOK},
+	}
+	if testServerHasProcedures(t, testdb.New(t)) {
+		// One CALL is the whole write, and commits: held, nothing happened;
+		// applied with its answer lost, the close landed.
+		cases = append(cases,
+			stallCase{"CALL held, then the link drops", false, call, false, dropLink, 200, closedOK},
+			stallCase{"CALL applied, answer lost", false, call, true, thawed, 400, roomClosed},
+		)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			e, proxy := newProxiedEnv(t, fmt.Sprintf("db_timeout %s", timeout))
-			proxy.FreezeAt(c.statement, c.deliver)
+			e, proxy := startEnv(t, envOptions{extra: []string{fmt.Sprintf("db_timeout %s", timeout)}, proxied: true, portable: c.portable})
+			proxy.FreezeWhenSent(c.freeze, c.deliver)
 			start := time.Now()
 			got := e.post(t, closeBody(e.roomID, e.visitor.Token))
 			took := time.Since(start)

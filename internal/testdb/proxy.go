@@ -175,9 +175,15 @@ func (p *Proxy) Freeze() {
 // statement is held back with everything else, with deliver true it reaches
 // the server and only what follows (its answer) is held.
 func (p *Proxy) FreezeAt(query string, deliver bool) {
+	p.FreezeWhenSent(append([]byte{0x03}, query...), deliver) // COM_QUERY
+}
+
+// FreezeWhenSent is FreezeAt for the next chunk a client sends that
+// contains b, such as an argument of a prepared statement's execution.
+func (p *Proxy) FreezeWhenSent(b []byte, deliver bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.freezeOn = append([]byte{0x03}, query...) // COM_QUERY
+	p.freezeOn = b
 	p.deliverTrigger = deliver
 }
 

@@ -205,3 +205,20 @@ func (d *DB) AddRoom(t testing.TB, id string, v Visitor, ts time.Time, callUniqu
 VALUES (?, 'v', ?, TRUE, ?, ?, ?, ?, 'online', 'agent1', 'user.agent1', '80000', 'inbound', ?, 3, '["old"]', ?)`,
 		id, v.Username, ts, v.ID, v.Token, v.Username, callUniqueID, ts)
 }
+
+// NewUser creates a MySQL user, with a random name and password, that holds
+// privileges (such as "SELECT, INSERT, UPDATE") on this database and
+// nothing else; it is dropped when the test ends. It returns the user's
+// name and a DSN that connects as it.
+func (d *DB) NewUser(t testing.TB, privileges string) (user, dsn string) {
+	t.Helper()
+	user, password := "rcvoip_u_"+randomHex(6), randomHex(12)
+	d.Exec(t, "CREATE USER '"+user+"'@'%' IDENTIFIED BY '"+password+"'")
+	t.Cleanup(func() {
+		d.DB.Exec("DROP USER IF EXISTS '" + user + "'@'%'") //nolint:errcheck
+	})
+	d.Exec(t, "GRANT "+privileges+" ON "+d.Name+".* TO '"+user+"'@'%'")
+	cfg := d.Cfg.Clone()
+	cfg.User, cfg.Passwd = user, password
+	return user, cfg.FormatDSN()
+}
