@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
@@ -64,6 +65,42 @@ func TestCommandMigrateStatusCheck(t *testing.T) {
 	}
 	if out, err = run(t, "", "check"); err == nil || !strings.Contains(out, `no role grants "inbound-voip-calls"`) {
 		t.Fatalf("check without permission rows: %v %q", err, out)
+	}
+}
+
+// check says how closes would be written, and reports a user that may not
+// call the close's procedure, naming the privilege; and a procedure gone
+// missing (a restore without routines), which leaves the slower path.
+func TestCommandCheckProcedure(t *testing.T) {
+	t.Setenv(dsnEnv, "")
+	db := testdb.New(t)
+	engine, _, err := dbconnect.DetectEngine(context.Background(), db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !engine.HasProcedures() {
+		out, err := run(t, "", "check", "--dsn", db.DSN)
+		if err != nil || !strings.Contains(out, "closes are written by portable transaction") {
+			t.Fatalf("check on %s: %v %q", engine, err, out)
+		}
+		return
+	}
+	out, err := run(t, "", "check", "--dsn", db.DSN)
+	if err != nil || !strings.Contains(out, "closes are written by procedure "+store.CloseProcedure) {
+		t.Fatalf("check: %v %q", err, out)
+	}
+	user, userDSN := db.NewUser(t, "SELECT, INSERT, UPDATE, DELETE")
+	out, err = run(t, "", "check", "--dsn", userDSN)
+	if err == nil || !strings.Contains(out, "problem: the gateway would not start: the database user lacks the EXECUTE privilege on the procedure "+store.CloseProcedure) {
+		t.Fatalf("check without EXECUTE: %v %q", err, out)
+	}
+	db.Exec(t, "GRANT EXECUTE ON PROCEDURE "+db.Name+"."+store.CloseProcedure+" TO '"+user+"'@'%'")
+	if out, err = run(t, "", "check", "--dsn", userDSN); err != nil || !strings.Contains(out, "ok (schema version") {
+		t.Fatalf("check with EXECUTE: %v %q", err, out)
+	}
+	db.Exec(t, "DROP PROCEDURE "+store.CloseProcedure)
+	if out, err = run(t, "", "check", "--dsn", db.DSN); err == nil || !strings.Contains(out, "problem: closes would take the slower portable path: the procedure "+store.CloseProcedure+" is missing") {
+		t.Fatalf("check without the procedure: %v %q", err, out)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
@@ -136,5 +137,38 @@ func TestLoadRefusesBrokenMigrations(t *testing.T) {
 	}
 	if _, err := schema.Migrations(); err != nil || schema.Latest() < 3 {
 		t.Fatalf("the embedded set: latest %d, %v", schema.Latest(), err)
+	}
+}
+
+// A user that may not create routines cannot migrate where the close's
+// procedure is created, and the error says which privilege is missing.
+func TestMigrateNeedsCreateRoutine(t *testing.T) {
+	db := testdb.NewEmpty(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	engine, _, err := dbconnect.DetectEngine(ctx, db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !engine.HasProcedures() {
+		t.Skipf("%s: migration 0005 creates nothing", engine)
+	}
+	user, dsn := db.NewUser(t, "CREATE, ALTER, INDEX, SELECT, INSERT, UPDATE, DELETE")
+	limited, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { limited.Close() })
+	_, err = schema.Migrate(ctx, limited)
+	if err == nil || !strings.Contains(err.Error(), "CREATE ROUTINE") || !strings.Contains(err.Error(), "0005_close_procedure") {
+		t.Fatalf("migrating without CREATE ROUTINE: %v, want an error naming the privilege", err)
+	}
+	db.Exec(t, "GRANT CREATE ROUTINE ON "+db.Name+".* TO '"+user+"'@'%'")
+	limited.Close() // a connection sees database privileges as they were when it connected
+	if limited, err = sql.Open("mysql", dsn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := schema.Migrate(ctx, limited); err != nil {
+		t.Fatalf("with CREATE ROUTINE: %v", err)
 	}
 }

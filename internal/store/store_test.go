@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-sql-driver/mysql"
+
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
@@ -272,4 +274,88 @@ func dumpTable(t *testing.T, db *testdb.DB, table string) [][]string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A write that fails half way (the message's INSERT after the room's
+// UPDATE) leaves nothing behind, not even on the connection that made it:
+// the pool has one connection, so the next query would see an open
+// transaction's own UPDATE.
+func TestFailedCloseRollsBackFully(t *testing.T) { writePaths(t, failedCloseRollsBackFully) }
+
+func failedCloseRollsBackFully(t *testing.T, procedure bool) {
+	db := testdb.New(t)
+	db.SetMaxOpenConns(1)
+	st, err := store.NewForTest(context.Background(), db.DB, procedure, nil, func() string { return "TAKEN" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	v := db.AddVisitor(t, "visitor1")
+	db.AddRoom(t, "ROOM1", v, time.Now().UTC(), nil)
+	db.Exec(t, "INSERT INTO messages (id, rid, t, msg, ts, updated_at) VALUES ('TAKEN', 'OTHER', 'x', '', NOW(3), NOW(3))")
+	found, err := st.ReadRoom(context.Background(), "ROOM1", v.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.CloseRoom(context.Background(), store.CloseRequest{Rid: "ROOM1", VisitorToken: v.Token, Agent: store.Agent{ID: "a"}}, found)
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) || me.Number != 1062 {
+		t.Fatalf("closing with a message id taken: %v, want the duplicate key error", err)
+	}
+	var open bool
+	if err := db.QueryRow("SELECT open FROM rooms WHERE id = 'ROOM1'").Scan(&open); err != nil || !open {
+		t.Fatalf("after the failed close the room reads open=%v (%v) on the pool's one connection, want open", open, err)
+	}
+	if n := db.Count(t, "room_events"); n != 0 {
+		t.Fatalf("%d outbox rows, want none", n)
+	}
+}
+
+// A lock wait timeout inside the write (innodb_lock_wait_timeout rolls
+// back only the statement) is rolled back whole and run again, and the
+// close lands once.
+func TestLockWaitIsRetried(t *testing.T) { writePaths(t, lockWaitIsRetried) }
+
+func lockWaitIsRetried(t *testing.T, procedure bool) {
+	db := testdb.New(t)
+	cfg := db.Cfg.Clone()
+	cfg.Params = map[string]string{"innodb_lock_wait_timeout": "1"}
+	waiting, err := sql.Open("mysql", cfg.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { waiting.Close() })
+	st, err := store.NewForTest(context.Background(), waiting, procedure, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	v := db.AddVisitor(t, "visitor1")
+	db.AddRoom(t, "ROOM1", v, time.Now().UTC(), nil)
+	found, err := st.ReadRoom(context.Background(), "ROOM1", v.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another transaction holds the room's row for longer than one lock
+	// wait and shorter than two.
+	holder, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := holder.Exec("SELECT id FROM rooms WHERE id = 'ROOM1' FOR UPDATE"); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(1500*time.Millisecond, func() { holder.Rollback() }) //nolint:errcheck
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := st.CloseRoom(ctx, store.CloseRequest{Rid: "ROOM1", VisitorToken: v.Token, Agent: store.Agent{ID: "a"}}, found)
+	if err != nil {
+		t.Fatalf("close behind a lock held past one lock wait: %v", err)
+	}
+	if once := 1 + 4*btoi(!procedure); res.RoundTrips <= once {
+		t.Fatalf("%d round trips, want more than one attempt's %d", res.RoundTrips, once)
+	}
+	if m, ev := db.Count(t, "messages"), db.Count(t, "room_events"); m != 1 || ev != 1 {
+		t.Fatalf("%d messages, %d outbox rows; want 1 each", m, ev)
+	}
 }
