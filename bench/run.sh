@@ -5,6 +5,8 @@
 #   BENCH_ARGS='-d 5s -only a,e' bash bench/run.sh
 #   BENCH_OLD=<commit> bash bench/run.sh   # also scenarios o and r: this build vs Caddy built from <commit>
 #                                          (r: with the database a network hop away)
+#   BENCH_DB=<name>                        # the bench database (default rocketchat_voip_bench)
+#   BENCH_ARGS='-ports 18300 -pick median' # other loopback ports; report the median round
 # Prints a Markdown table (see the README's performance section).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"
@@ -33,8 +35,9 @@ if [ -n "${BENCH_OLD:-}" ]; then
   (cd "$TMP_DIR/old-src" && go build -o "$BIN_DIR/caddy-old" ./cmd/caddy)
   OLD_ARGS=(-old "$BIN_DIR/caddy-old")
 fi
-dbtool createdb "$ROCKETCHAT_VOIP_TEST_DSN" rocketchat_voip_bench
-DSN=$(dbtool withdb "$ROCKETCHAT_VOIP_TEST_DSN" rocketchat_voip_bench)
+BENCH_DB=${BENCH_DB:-rocketchat_voip_bench}
+dbtool createdb "$ROCKETCHAT_VOIP_TEST_DSN" "$BENCH_DB"
+DSN=$(dbtool withdb "$ROCKETCHAT_VOIP_TEST_DSN" "$BENCH_DB")
 "$BIN_DIR/caddy" rocketchat-voip migrate --dsn "$DSN" >&2
 say "running (each scenario: alternating rounds, the best round of each side is reported)"
 "$BIN_DIR/bench-run" -bin "$BIN_DIR" -dsn "$DSN" "${OLD_ARGS[@]}" ${BENCH_ARGS:-}

@@ -75,10 +75,10 @@ VALUES (?, ?, ?, ?, FALSE, ?, ?, ?, ?, ?)`
 )
 
 // CloseProcedure is migration 0005's stored procedure; callCloseSQL calls
-// it with closeWrite.procedureArgs.
+// it with closeWrite.procedureArgs and the time left.
 const (
 	CloseProcedure = "rocketchat_voip_close_room"
-	callCloseSQL   = "CALL " + CloseProcedure + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	callCloseSQL   = "CALL " + CloseProcedure + "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 // maxAttempts bounds how often a transaction that lost a deadlock or a lock
@@ -171,7 +171,7 @@ func (s *Store) choosePath(ctx context.Context, procedureAllowed bool) error {
 		// A prepared CALL is not checked for EXECUTE until it runs; run it
 		// on a room id that matches nothing. It writes nothing and answers
 		// room-closed.
-		_, err = call.ExecContext(ctx, make([]any, 15)...)
+		_, err = call.ExecContext(ctx, make([]any, 16)...)
 		// A server that takes no writes now (a replica, a secondary)
 		// checked the privilege before it refused.
 		if errors.Is(procedureError(err), ErrRoomClosed) || dbconnect.NotWritable(err) {
@@ -358,7 +358,8 @@ func (w *closeWrite) insertMessageArgs() []any {
 
 func (w *closeWrite) insertEventArgs() []any { return []any{w.rid, w.payload, w.now} }
 
-// procedureArgs are CloseProcedure's parameters, in its order.
+// procedureArgs are CloseProcedure's parameters, in its order, but for the
+// last: the time left.
 func (w *closeWrite) procedureArgs() []any {
 	return []any{w.rid, w.now, w.closedByID, w.closedByUsername, w.callDuration, w.waiting, w.hold,
 		w.messageID, w.tags, w.messageType, w.msg, w.agentID, w.agentUsername, w.agentName, w.payload}
@@ -390,22 +391,37 @@ func (s *Store) writeInTransaction(ctx context.Context, roundTrips *int, w *clos
 
 // writeByProcedure makes the same writes in one CALL, which commits on the
 // server: once it is sent, an error that is not the server's own means the
-// outcome is unknown, as for a COMMIT (dbconnect.CommitError).
+// outcome is unknown, as for a COMMIT (dbconnect.CommitError). The
+// procedure is told how much of ctx's time is left, and rolls back rather
+// than commit later than that (see migration 0005).
 func (s *Store) writeByProcedure(ctx context.Context, roundTrips *int, w *closeWrite) error {
 	if err := ctx.Err(); err != nil {
 		return err // not sent
 	}
+	var timeLeft sql.NullInt64 // NULL: no bound
+	if deadline, ok := ctx.Deadline(); ok {
+		timeLeft = sql.NullInt64{Int64: time.Until(deadline).Microseconds(), Valid: true}
+	}
 	*roundTrips++
-	_, err := s.callClose.ExecContext(ctx, w.procedureArgs()...)
+	_, err := s.callClose.ExecContext(ctx, append(w.procedureArgs(), timeLeft)...)
 	return procedureError(dbconnect.CommitError(err))
 }
 
-// procedureError turns the procedure's room-closed signal into
-// ErrRoomClosed.
+// errProcedureTimedOut is the procedure's answer when it ran past the time
+// it was given, and rolled back.
+var errProcedureTimedOut = errors.New("the close's procedure ran past db_timeout and rolled back")
+
+// procedureError turns the procedure's signals into ErrRoomClosed and
+// errProcedureTimedOut.
 func procedureError(err error) error {
 	var me *mysql.MySQLError
-	if errors.As(err, &me) && me.SQLState == [5]byte{'4', '5', '0', '0', '0'} && me.Message == "room-closed" {
-		return ErrRoomClosed
+	if errors.As(err, &me) && me.SQLState == [5]byte{'4', '5', '0', '0', '0'} {
+		switch me.Message {
+		case "room-closed":
+			return ErrRoomClosed
+		case "timed-out":
+			return fmt.Errorf("%w: %w", errProcedureTimedOut, err)
+		}
 	}
 	return err
 }

@@ -28,9 +28,9 @@ func TestProcedureRunsTheStoreStatements(t *testing.T) {
 		agentName:     sql.NullString{String: "agent name", Valid: true},
 		payload:       []byte("payload"),
 	}
-	procArgs := w.procedureArgs()
-	if len(params) != len(procArgs) || strings.Count(callCloseSQL, "?") != len(procArgs) {
-		t.Fatalf("the procedure has %d parameters, procedureArgs %d, the CALL %d placeholders",
+	procArgs := w.procedureArgs() // and then the time left
+	if len(params) != len(procArgs)+1 || params[len(procArgs)][1] != "p_time_left_us" || strings.Count(callCloseSQL, "?") != len(params) {
+		t.Fatalf("the procedure has %d parameters, procedureArgs %d and the time left, the CALL %d placeholders",
 			len(params), len(procArgs), strings.Count(callCloseSQL, "?"))
 	}
 	nameOf := func(v any) string {

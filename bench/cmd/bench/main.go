@@ -8,6 +8,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -44,29 +46,47 @@ var (
 	memory   = flag.Int("memory-requests", 1000000, "requests of mixed outcomes for the RSS check (0: skip)")
 	rooms    = flag.Int("rooms", 150000, "rooms to seed (each close run reopens them and starts again from the first)")
 	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,o,r,x,mem); empty: all")
-	admin    = flag.Bool("admin", false, "enable Caddy's admin API on "+adminAddr+", for /debug/pprof while a scenario runs")
+	admin    = flag.Bool("admin", false, "enable Caddy's admin API on the last of the -ports, for /debug/pprof while a scenario runs")
 	oldBin   = flag.String("old", "", "a Caddy built from an older commit, for scenarios o and r (old vs new); bench/run.sh sets it from BENCH_OLD")
 	dbDelay  = flag.Duration("db-delay", time.Millisecond, "scenario r: delay bench-delayproxy adds each way between Caddy and MariaDB (Go's timers make 1ms about 2.3 ms of round trip)")
 	remoteDC = flag.String("remote-db-concurrency", "0,32", "scenario r: db_concurrency settings of this build to run (0: the default)")
+	remoteCn = flag.String("remote-conns", "1,16,64", "scenario r: connection counts to run")
+	pick     = flag.String("pick", "best", "which round of each side to report: best (highest req/s) or median (by req/s)")
+	portBase = flag.Int("ports", 18180, "first of the 20 loopback ports the benchmark listens on")
 )
 
-const (
-	upstreamAddr  = "127.0.0.1:18189"
-	moduleAddr    = "127.0.0.1:18180"
-	plainAddr     = "127.0.0.1:18181"
-	lookupAddr    = "127.0.0.1:18182" // directsql -http: the lookup behind bare net/http
-	adminAddr     = "127.0.0.1:18199"
-	oldAddr       = "127.0.0.1:18183" // the module built from -old
-	delayAddr     = "127.0.0.1:18190" // bench-delayproxy in front of MariaDB, scenario r
-	remoteOld     = "127.0.0.1:18184" // scenario r: the module built from -old, through the delay
-	remoteNewPort = 18185             // scenario r: this build, through the delay (one port per setting, upwards)
+// The loopback addresses, set from -ports by setPorts.
+var (
+	moduleAddr   string // +0
+	plainAddr    string // +1
+	lookupAddr   string // +2: directsql -http, the lookup behind bare net/http
+	oldAddr      string // +3: the module built from -old
+	remoteOld    string // +4: scenario r, the module built from -old, through the delay
+	outboxAddr   string // +4: scenario x
+	upstreamAddr string // +9
+	delayAddr    string // +10: bench-delayproxy in front of MariaDB, scenario r
+	adminAddr    string // +19
 )
+
+// remoteNewPort is the offset of scenario r's first Caddy of this build,
+// through the delay (one port per setting, upwards).
+const remoteNewPort = 5
+
+func setPorts() {
+	for p, off := range map[*string]int{&moduleAddr: 0, &plainAddr: 1, &lookupAddr: 2, &oldAddr: 3, &remoteOld: 4,
+		&outboxAddr: 4, &upstreamAddr: 9, &delayAddr: 10, &adminAddr: 19} {
+		*p = port(off)
+	}
+}
+
+func port(offset int) string { return fmt.Sprintf("127.0.0.1:%d", *portBase+offset) }
 
 // The processes whose CPU time is counted per run.
 var caddyPid, lookupPid, dbPid, oldPid int
 
 func main() {
 	flag.Parse()
+	setPorts()
 	log.SetFlags(0)
 	defer stop()
 	wrkDir, _ := filepath.Abs("bench/wrk")
@@ -382,7 +402,13 @@ func lastJSON(out []byte) result {
 
 // best is the round with the highest throughput (the least disturbed by the
 // rest of the machine).
+// best is the round of a side that -pick reports.
 func best(rs []result) result {
+	if *pick == "median" {
+		sorted := slices.Clone(rs)
+		slices.SortFunc(sorted, func(a, b result) int { return cmp.Compare(a.RPS, b.RPS) })
+		return sorted[len(sorted)/2]
+	}
 	b := rs[0]
 	for _, r := range rs[1:] {
 		if r.RPS > b.RPS {

@@ -12,7 +12,6 @@ import (
 
 // outboxAddr is a Caddy with the module and the outbox app, delivering to
 // the bench upstream.
-const outboxAddr = "127.0.0.1:18184"
 
 // outboxScenario (x) closes rooms at 16 connections through a Caddy that
 // also runs the outbox app, sampling the pending count every 250 ms: the

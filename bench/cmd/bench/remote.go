@@ -3,12 +3,13 @@ package main
 import (
 	"fmt"
 	"log"
+	"strconv"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
 )
 
-// remoteScenario runs scenario r: closes at 16 and 64 connections, rooms
+// remoteScenario runs scenario r: closes at -remote-conns connections, rooms
 // with and without PBX events, old build against this one (at each
 // -remote-db-concurrency setting), every Caddy reaching MariaDB through
 // bench-delayproxy.
@@ -30,7 +31,7 @@ func remoteScenario() []string {
 	}
 	var builds []build
 	for i, dc := range strings.Split(*remoteDC, ",") {
-		addr := fmt.Sprintf("127.0.0.1:%d", remoteNewPort+i)
+		addr := port(remoteNewPort + i)
 		extra, name := "db_concurrency "+dc, "new, db_concurrency "+dc
 		if dc == "0" {
 			extra, name = "", "new, default db_concurrency"
@@ -42,7 +43,11 @@ func remoteScenario() []string {
 
 	var rows []string
 	for _, rooms := range []struct{ name, prefix string }{{"rooms without a call", "BENCH"}, {"rooms with PBX events", "CALL"}} {
-		for _, conns := range []int{16, 64} {
+		for _, c := range strings.Split(*remoteCn, ",") {
+			conns, err := strconv.Atoi(c)
+			if err != nil {
+				log.Fatalf("-remote-conns: %v", err)
+			}
 			for _, b := range builds {
 				var o, n []result
 				for r := 0; r < *rounds; r++ {

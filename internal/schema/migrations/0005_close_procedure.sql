@@ -18,6 +18,16 @@
 -- back only its statement), so a deadlock or certification failure leaves
 -- nothing behind and the gateway runs the CALL again.
 --
+-- p_time_left_us is what was left of the gateway's db_timeout when it sent
+-- the CALL. A gateway that gives up closes its connection, which the server
+-- does not notice while the statement waits for a row lock; without the
+-- check before COMMIT the close would land after the client was told 503.
+-- With it, a CALL that outlasts its time rolls back (SIGNAL 'timed-out'),
+-- and only one answered as late as the COMMIT itself is of unknown outcome,
+-- as on the portable path. The budget is counted on the server's own clock
+-- (SYSDATE, the time now, not the statement's start), so clocks need not
+-- agree; NULL means no bound.
+--
 -- SQL SECURITY INVOKER: it runs with the gateway user's privileges (the
 -- UPDATE and INSERTs it makes anyway), plus EXECUTE on the procedure; no
 -- dependency on the user that created it. Strings are declared wider than
@@ -41,11 +51,13 @@ CREATE PROCEDURE rocketchat_voip_close_room(
   IN p_agent_id             VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
   IN p_agent_username       VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
   IN p_agent_name           VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
-  IN p_payload              LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin
+  IN p_payload              LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin,
+  IN p_time_left_us         BIGINT
 )
 MODIFIES SQL DATA
 SQL SECURITY INVOKER
 BEGIN
+  DECLARE v_deadline DATETIME(6) DEFAULT SYSDATE(6) + INTERVAL p_time_left_us MICROSECOND;
   DECLARE EXIT HANDLER FOR SQLEXCEPTION
   BEGIN
     ROLLBACK;
@@ -68,6 +80,10 @@ WHERE id = p_rid AND t = 'v' AND open = TRUE;
 VALUES (p_message_id, p_rid, p_message_type, p_msg, FALSE, p_agent_id, p_agent_username, p_agent_name, p_now, p_now);
 
   INSERT INTO room_events (rid, type, payload, created_at) VALUES (p_rid, 'room.closed', p_payload, p_now);
+
+  IF SYSDATE(6) > v_deadline THEN
+    SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'timed-out';
+  END IF;
 
   COMMIT;
 END$$
