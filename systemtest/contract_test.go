@@ -76,7 +76,7 @@ func startEnv(t *testing.T, o envOptions) (*env, *testdb.Proxy) {
 	t.Helper()
 	e := seededEnv(t)
 	e.settings = strings.Join(o.extra, "\n\t\t")
-	if o.portable {
+	if o.portable && testServerHasProcedures(t, e.db) {
 		e.db.Exec(t, "DROP PROCEDURE IF EXISTS "+store.CloseProcedure)
 	}
 	dsn := e.db.DSN

@@ -110,9 +110,9 @@ type WritePath struct {
 
 func (p WritePath) String() string {
 	if p.Procedure {
-		return "procedure " + CloseProcedure + " (one round trip)"
+		return "procedure " + CloseProcedure + " (a close is its read and one CALL)"
 	}
-	return "portable transaction (five round trips): " + p.Why
+	return "portable transaction (a close is its read, BEGIN, UPDATE, two INSERTs, COMMIT): " + p.Why
 }
 
 // ErrNoExecutePrivilege is New's error when the database user may not call
