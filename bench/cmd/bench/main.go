@@ -331,7 +331,7 @@ func wrk(serverPid int, addr string, conns int, script string, args ...string) r
 }
 
 func wrkFor(serverPid int, addr string, conns int, script, d string, args ...string) result {
-	cmdArgs := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + d, "--timeout", "5s", "-s", filepath.Join("bench/wrk", script), "http://" + addr}
+	cmdArgs := []string{"-t" + strconv.Itoa(min(2, conns)), "-c" + strconv.Itoa(conns), "-d" + d, "--timeout", "5s", "-s", filepath.Join("bench/wrk", script), "http://" + addr}
 	if len(args) > 0 {
 		cmdArgs = append(cmdArgs, append([]string{"--"}, args...)...)
 	}
