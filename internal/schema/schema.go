@@ -307,7 +307,7 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 func privilegeHint(err error) string {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) && (me.Number == 1044 || me.Number == 1142 || me.Number == 1227) { // ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
-		return " (the user that migrates needs the privileges to create and alter tables and indexes and, on MariaDB and MySQL, CREATE ROUTINE: see the README's Schema section)"
+		return " (the user that migrates needs the privileges to create and alter tables and indexes and, on MariaDB and MySQL, CREATE ROUTINE: see the README, Database users)"
 	}
 	return ""
 }

@@ -190,7 +190,7 @@ func (s *Store) choosePath(ctx context.Context, procedureAllowed bool) error {
 	case errors.As(err, &me) && me.Number == 1370: // ER_PROCACCESS_DENIED_ERROR
 		var dbName sql.NullString
 		s.db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&dbName) //nolint:errcheck // only for the message
-		return fmt.Errorf("%w: GRANT EXECUTE ON PROCEDURE %s.%s TO the gateway's user (see the README's setup): %v",
+		return fmt.Errorf("%w: GRANT EXECUTE ON PROCEDURE %s.%s TO the gateway's user (see the README, Database users): %w",
 			ErrNoExecutePrivilege, dbName.String, CloseProcedure, err)
 	default:
 		return fmt.Errorf("trying the procedure %s: %w", CloseProcedure, err)
