@@ -80,8 +80,9 @@ func TestCloseProcedureMigrationEngines(t *testing.T) {
 					t.Errorf("0005 runs on %s: %v, but HasProcedures says %v", e, m.runsOn(e), e.HasProcedures())
 				}
 			}
-			if len(m.Statements) != 1 {
-				t.Fatalf("0005 has %d statements, want the one CREATE PROCEDURE", len(m.Statements))
+			if len(m.Statements) != 2 || m.Statements[0] != "SET SESSION sql_mode = '"+dbconnect.SessionSQLMode+"'" ||
+				!strings.HasPrefix(m.Statements[1], "CREATE PROCEDURE ") {
+				t.Fatalf("0005 is %q, want the module's sql_mode set and one CREATE PROCEDURE", m.Statements)
 			}
 			return
 		}

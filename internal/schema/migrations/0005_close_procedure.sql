@@ -34,6 +34,13 @@
 -- their columns and utf8mb4_bin like them, so comparisons use the indexes
 -- whatever the database's default collation.
 -- An "already exists" error counts as done, so the file runs twice.
+--
+-- A procedure runs with the sql_mode it was created under, not the
+-- caller's; the SET makes that the module's own session mode
+-- (dbconnect.SessionSQLMode), so that a value too long for its column is an
+-- error here as on the portable path, however the file is applied.
+
+SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION';
 
 DELIMITER $$
 CREATE PROCEDURE rocketchat_voip_close_room(
