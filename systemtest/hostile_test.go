@@ -193,7 +193,11 @@ func TestOverloadIsNotADatabaseFailure(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			statuses <- e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": fmt.Sprintf("nobody%d", i), "X-Auth-Token": "made-up"}, "{}")
+			r, err := e.try(http.MethodPost, closePath, map[string]string{"X-User-Id": fmt.Sprintf("nobody%d", i), "X-Auth-Token": "made-up"}, "{}")
+			if err != nil {
+				t.Error(err)
+			}
+			statuses <- r
 		})
 	}
 	wg.Wait()
@@ -252,16 +256,19 @@ func TestAgentsGoAheadOfAFlood(t *testing.T) {
 	e.db.AddRoom(t, "ROOM2", e.visitor, time.Now().UTC(), nil)
 	expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), 200, `{"rid":"ROOM1","success":true}`) // now a known closer
 	before := scrape(t, e)
-	// 100 ms a round trip, one request at a time: 40 made-up requests
-	// queue for 4 s, twice db_timeout.
+	// 100 ms a round trip, one request at a time: 100 made-up requests
+	// queue for several times db_timeout (the proxy's delay is not a strict
+	// 100 ms per request on a busy machine; 40 were too few to queue).
 	proxy.SetDelay(100 * time.Millisecond)
 	defer proxy.SetDelay(0)
-	const n = 40
+	const n = 100
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			r := e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": fmt.Sprintf("nobody%d", i), "X-Auth-Token": "made-up"}, "{}")
-			if !(r.status == 401 && r.body == body401) && !(r.status == 503 && r.body == body503) {
+			r, err := e.try(http.MethodPost, closePath, map[string]string{"X-User-Id": fmt.Sprintf("nobody%d", i), "X-Auth-Token": "made-up"}, "{}")
+			if err != nil {
+				t.Error(err)
+			} else if !(r.status == 401 && r.body == body401) && !(r.status == 503 && r.body == body503) {
 				t.Errorf("made-up credentials got %d %s", r.status, r.body)
 			}
 		})
