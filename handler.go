@@ -297,7 +297,7 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	case errors.Is(st.err, errDatabaseNotReady):
 		// The pool warns about it every few seconds, not per request.
 	case st.outcome == OutcomeOverloaded || st.outcome == OutcomeBodyBudget:
-		shed.add(h.logger, st.outcome)
+		h.shed.add(st.outcome)
 	case st.outcome == OutcomeUnavailable:
 		level, msg = zapcore.ErrorLevel, "room.close: database failure"
 	case st.outcome == OutcomeClientClosed:
@@ -317,12 +317,12 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	}
 }
 
-// shed counts the requests shed under load, process-wide like the metrics,
-// and logs them at most once a second per outcome, each line with the count
-// since the last.
-var shed shedLog
-
+// shedLog counts a handler's requests shed under load and logs them at most
+// once a second per outcome, each line with the count since the last. It is
+// the handler's, so that its lines go to the logger of the config that shed
+// them; Cleanup writes what is still pending.
 type shedLog struct {
+	logger  *zap.Logger
 	mu      sync.Mutex
 	pending map[string]int // outcome -> requests shed and not yet logged
 	last    time.Time      // when the last line was written
@@ -331,7 +331,7 @@ type shedLog struct {
 
 const shedLogEvery = time.Second
 
-func (s *shedLog) add(logger *zap.Logger, outcome string) {
+func (s *shedLog) add(outcome string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pending == nil {
@@ -343,23 +343,26 @@ func (s *shedLog) add(logger *zap.Logger, outcome string) {
 	}
 	if wait := shedLogEvery - time.Since(s.last); wait > 0 {
 		s.due = true
-		time.AfterFunc(wait, func() {
-			s.mu.Lock()
-			defer s.mu.Unlock()
-			s.flush(logger)
-		})
+		time.AfterFunc(wait, s.flush)
 		return
 	}
-	s.flush(logger)
+	s.flushLocked()
 }
 
-func (s *shedLog) flush(logger *zap.Logger) {
+// flush writes the pending counts.
+func (s *shedLog) flush() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.flushLocked()
+}
+
+func (s *shedLog) flushLocked() {
 	for outcome, n := range s.pending {
 		msg := "room.close: requests shed, every database slot stayed busy for their whole db_timeout"
 		if outcome == OutcomeBodyBudget {
 			msg = "room.close: requests shed, body_budget stayed in use while they waited for it"
 		}
-		logger.Warn(msg, zap.String("outcome", outcome), zap.Int("requests", n))
+		s.logger.Warn(msg, zap.String("outcome", outcome), zap.Int("requests", n))
 	}
 	clear(s.pending)
 	s.last, s.due = time.Now(), false

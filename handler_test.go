@@ -137,6 +137,7 @@ func seamHandler(t *testing.T, db database) (*Handler, *observer.ObservedLogs) {
 		t.Fatal(err)
 	}
 	h.logger = zap.New(core)
+	h.shed = &shedLog{logger: h.logger}
 	h.db = db
 	h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
 	h.dbLimit = dblimit.New(1, 1)

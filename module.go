@@ -158,6 +158,7 @@ type Handler struct {
 	DBConcurrency int `json:"db_concurrency,omitempty"`
 
 	logger     *zap.Logger
+	shed       *shedLog
 	pool       *dbpool.Pool
 	db         database
 	limiterKey string
@@ -279,6 +280,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.logger = ctx.Logger()
+	h.shed = &shedLog{logger: h.logger}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -349,6 +351,9 @@ func (h *Handler) setupDatabase(ctx caddy.Context) error {
 
 // Cleanup releases this config's hold on the pool; the last holder closes it.
 func (h *Handler) Cleanup() error {
+	if h.shed != nil {
+		h.shed.flush()
+	}
 	h.releaseBodyBudget()
 	if h.limiterKey != "" {
 		limiters.Delete(h.limiterKey) //nolint:errcheck // a limiter's Destruct cannot fail
