@@ -235,6 +235,8 @@ rocketchat_voip_outbox app delivers them once more:
 
   --parked      the parked events (those that failed too often)
   --from <id>   every event from this id on, delivered ones included
+                (except those the outbox's retain has purged: then it says
+                so, and exits 1 after replaying the rest)
   both          the parked events from this id on`,
 		Args: cobra.NoArgs,
 		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
@@ -248,6 +250,16 @@ rocketchat_voip_outbox app delivers them once more:
 				return err
 			}
 			fmt.Fprintf(c.OutOrStdout(), "%s: %d event(s) will be delivered again\n", where, n)
+			if parked {
+				return nil // parked events are never purged
+			}
+			purged, err := outbox.PurgedThrough(ctx, db)
+			if err != nil {
+				return fmt.Errorf("reading how far the retention purged: %w", err)
+			}
+			if purged >= from {
+				return fmt.Errorf("events from id %d up to %d that were delivered longer ago than the outbox's retain were purged and cannot be delivered again; the ones still kept will be", from, purged)
+			}
 			return nil
 		}),
 	}

@@ -65,6 +65,13 @@ type Outbox struct {
 	// Default: 250ms.
 	PollInterval caddy.Duration `json:"poll_interval,omitempty"`
 
+	// Retain is how long delivered events are kept in room_events before
+	// they are purged, a few hundred at a time; parked and pending events
+	// are never purged. Default: 7d.
+	Retain caddy.Duration `json:"retain,omitempty"`
+	// KeepDelivered keeps delivered events for ever (Caddyfile: retain off).
+	KeepDelivered bool `json:"keep_delivered,omitempty"`
+
 	logger    *zap.Logger
 	pool      *dbpool.Pool
 	store     *outbox.Store
@@ -115,10 +122,14 @@ func (o *Outbox) Validate() error {
 		{"lease", int64(eff.Lease)},
 		{"poll_interval", int64(eff.PollInterval)},
 		{"webhook timeout", int64(eff.Webhook.Timeout)},
+		{"retain", int64(eff.Retain)},
 	} {
 		if f.value < 0 {
 			return fmt.Errorf("%s: must not be negative", f.name)
 		}
+	}
+	if o.KeepDelivered && o.Retain != 0 {
+		return errors.New("retain: a retention and keep_delivered exclude each other")
 	}
 	if eff.Lease <= eff.Webhook.Timeout {
 		return fmt.Errorf("lease: %s must be longer than the webhook timeout (%s), or a slow receiver gets events twice",
@@ -147,6 +158,9 @@ func (o *Outbox) applyDefaults() {
 	o.PollInterval = cmp.Or(o.PollInterval, caddy.Duration(250*time.Millisecond))
 	if o.Webhook != nil {
 		o.Webhook.Timeout = cmp.Or(o.Webhook.Timeout, caddy.Duration(10*time.Second))
+	}
+	if !o.KeepDelivered {
+		o.Retain = cmp.Or(o.Retain, caddy.Duration(7*24*time.Hour))
 	}
 }
 
@@ -212,6 +226,7 @@ func (o *Outbox) Start() error {
 			Batch:        o.Batch,
 			Lease:        time.Duration(o.Lease),
 			PollInterval: time.Duration(o.PollInterval),
+			Retain:       time.Duration(o.Retain), // 0 with keep_delivered
 		}, outboxObserver{o.logger})
 		o.deliverer.Run(runCtx)
 	}()
@@ -287,6 +302,8 @@ func (ob outboxObserver) Status(st outbox.Status) {
 	outboxMetrics.oldestAge.Set(age)
 }
 
+func (ob outboxObserver) Purged(n int64) { outboxMetrics.purged.Add(float64(n)) }
+
 func (ob outboxObserver) Error(what string, err error) {
 	ob.logger.Error("outbox: "+what, zap.Error(err))
 }
@@ -294,6 +311,7 @@ func (ob outboxObserver) Error(what string, err error) {
 type outboxMetricSet struct {
 	once                      sync.Once
 	delivered, failed, parked prometheus.Counter
+	purged                    prometheus.Counter
 	pending, oldestAge        prometheus.Gauge
 }
 
@@ -310,13 +328,14 @@ func initOutboxMetrics() {
 		outboxMetrics.delivered = counter("outbox_delivered_total", "Outbox events delivered (the receiver answered 2xx).")
 		outboxMetrics.failed = counter("outbox_failed_attempts_total", "Failed delivery attempts of outbox events.")
 		outboxMetrics.parked = counter("outbox_parked_total", "Outbox events parked after too many failed attempts.")
-		outboxMetrics.pending = gauge("outbox_pending", "Outbox events not yet delivered nor parked.")
+		outboxMetrics.purged = counter("outbox_purged_total", "Delivered outbox events deleted after the retention.")
+		outboxMetrics.pending = gauge("outbox_pending", "Outbox events not yet delivered nor parked (counted less often than every second once counting takes over 10 ms).")
 		outboxMetrics.oldestAge = gauge("outbox_oldest_pending_age_seconds", "Age of the oldest pending outbox event; 0 when none is pending.")
 	})
 }
 
 func (m *outboxMetricSet) all() []prometheus.Collector {
-	return []prometheus.Collector{m.delivered, m.failed, m.parked, m.pending, m.oldestAge}
+	return []prometheus.Collector{m.delivered, m.failed, m.parked, m.purged, m.pending, m.oldestAge}
 }
 
 // parseOutboxOption reads the global option:
@@ -332,6 +351,7 @@ func (m *outboxMetricSet) all() []prometheus.Collector {
 //	    batch <n>
 //	    lease <duration>
 //	    poll_interval <duration>
+//	    retain <duration> | off
 //	}
 func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	o := new(Outbox)
@@ -356,6 +376,8 @@ func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			o.Lease, err = cfargs.Duration(d)
 		case "poll_interval":
 			o.PollInterval, err = cfargs.Duration(d)
+		case "retain":
+			o.Retain, o.KeepDelivered, err = parseRetain(d)
 		default:
 			return nil, d.Errf("unrecognized subdirective %q", name)
 		}
@@ -415,3 +437,16 @@ var (
 	_ caddy.Validator    = (*Outbox)(nil)
 	_ caddy.CleanerUpper = (*Outbox)(nil)
 )
+
+// parseRetain reads 'retain <duration> | off'.
+func parseRetain(d *caddyfile.Dispenser) (caddy.Duration, bool, error) {
+	arg, err := cfargs.One(d)
+	if err != nil || arg == "off" {
+		return 0, err == nil, err
+	}
+	v, err := caddy.ParseDuration(arg)
+	if err != nil {
+		return 0, false, d.Errf("retain: not a duration nor off: %q", arg)
+	}
+	return caddy.Duration(v), false, nil
+}

@@ -33,9 +33,12 @@ type receiver struct {
 	always500 atomic.Bool
 	down      atomic.Bool
 	delay     atomic.Int64 // nanoseconds before answering
+	failFirst atomic.Bool  // answer 500 to each event's first attempt
 
 	mu       sync.Mutex
 	accepted []delivery // in the order of their 2xx
+	tried    []delivery // every attempt that reached it, in order of arrival
+	seen     map[int64]bool
 	badSig   int
 }
 
@@ -45,6 +48,7 @@ type delivery struct {
 	body      outbox.Body
 	raw       string // the body's bytes
 	signature string // the signature header
+	ok        bool   // answered 2xx (in tried)
 }
 
 func startReceiver(t *testing.T) *receiver {
@@ -67,10 +71,6 @@ func (rc *receiver) serve(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(time.Duration(d))
 	}
 	body, _ := io.ReadAll(r.Body)
-	if rc.always500.Load() || rand.N(uint64(100)) < rc.failRate.Load() {
-		http.Error(w, "try later", http.StatusInternalServerError)
-		return
-	}
 	var b outbox.Body
 	if err := json.Unmarshal(body, &b); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -78,6 +78,17 @@ func (rc *receiver) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
+	if rc.seen == nil {
+		rc.seen = map[int64]bool{}
+	}
+	first := !rc.seen[b.ID]
+	rc.seen[b.ID] = true
+	fail := rc.always500.Load() || rand.N(uint64(100)) < rc.failRate.Load() || (first && rc.failFirst.Load())
+	rc.tried = append(rc.tried, delivery{id: b.ID, rid: b.Rid, ok: !fail})
+	if fail {
+		http.Error(w, "try later", http.StatusInternalServerError)
+		return
+	}
 	if r.Header.Get(outbox.HeaderSignature) != hmacSHA256(webhookSecret, body) ||
 		r.Header.Get(outbox.HeaderDelivery) != strconv.FormatInt(b.ID, 10) ||
 		r.Header.Get(outbox.HeaderEvent) != b.Type || r.Header.Get("Content-Type") != "application/json" {
@@ -143,6 +154,33 @@ func (rc *receiver) checkOrderAndSignatures(t *testing.T) {
 			t.Errorf("room %s: event %d arrived after %d", d.rid, d.id, last[d.rid])
 		}
 		last[d.rid] = max(last[d.rid], d.id)
+	}
+}
+
+// checkNoAttemptOvertakes: no attempt of an event reached the receiver
+// before every earlier event of its room had been accepted (rooms: each
+// room's event ids in id order, from the database).
+func (rc *receiver) checkNoAttemptOvertakes(t *testing.T, rooms map[string][]int64) {
+	t.Helper()
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	pos := map[int64]int{} // event -> its place in its room
+	for _, ids := range rooms {
+		for i, id := range ids {
+			pos[id] = i
+		}
+	}
+	accepted := map[int64]bool{}
+	for _, d := range rc.tried {
+		for _, earlier := range rooms[d.rid][:pos[d.id]] {
+			if !accepted[earlier] {
+				t.Errorf("room %s: event %d was tried before %d was delivered", d.rid, d.id, earlier)
+				return
+			}
+		}
+		if d.ok {
+			accepted[d.id] = true
+		}
 	}
 }
 

@@ -49,7 +49,7 @@ VALUES (?, ?, 'room.closed', '{"n": 1}', ?, ?, ?, ?, ?, 2)`, r.id, r.rid, create
 
 	claimIDs := func(owner string, limit int) []int64 {
 		t.Helper()
-		events, err := st.Claim(ctx, owner, now, 30*time.Second, limit)
+		events, _, err := st.Claim(ctx, owner, now, 30*time.Second, limit, scanFactor*limit, now.Add(5*time.Minute))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +76,7 @@ VALUES (?, ?, 'room.closed', '{"n": 1}', ?, ?, ?, ?, ?, 2)`, r.id, r.rid, create
 		t.Fatalf("%d events leased to a-1 until now+lease, want 2", n)
 	}
 	// Past the leases, the events not yet recorded are claimable again.
-	later, err := st.Claim(ctx, "d-1", now.Add(31*time.Second), 30*time.Second, 10)
+	later, _, err := st.Claim(ctx, "d-1", now.Add(31*time.Second), 30*time.Second, 10, scanFactor*10, now.Add(5*time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -35,28 +36,59 @@ type Event struct {
 }
 
 const (
-	// candidatesSQL finds the first deliverable event of each room: pending,
-	// due, not claimed by a live lease, and with no earlier event of its room
-	// still pending or parked (which keeps each room's events in id order;
-	// other rooms are not held up).
-	candidatesSQL = `SELECT e.id FROM room_events e
-WHERE e.delivery_state = 'pending'
-  AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= ?)
-  AND (e.claim_until IS NULL OR e.claim_until < ?)
-  AND NOT EXISTS (SELECT 1 FROM room_events p
-                  WHERE p.rid = e.rid AND p.id < e.id AND p.delivery_state IN ('pending', 'parked'))
-ORDER BY e.id LIMIT ?`
+	// candidatesSQL reads the first due entries of room_events_due, pending
+	// events in the order they fall due (never-tried ones first), at most
+	// limit of them however long the backlog, and says of each whether an
+	// earlier event of its room is still pending or parked. Only those that
+	// are not blocked may be delivered, which keeps each room's events in id
+	// order without holding up other rooms. Claimed events are due again
+	// when their lease ends (claimSQL), so they are out of the range. The
+	// range is read in index order, so it needs no ORDER BY, and the index
+	// is named so that no server's plan walks another (every pending or
+	// every delivered event) for it.
+	candidatesSQL = `SELECT c.id, EXISTS (SELECT 1 FROM room_events p
+                     WHERE p.rid = c.rid AND p.id < c.id AND p.delivery_state IN ('pending', 'parked')) AS blocked
+FROM (SELECT id, rid FROM room_events FORCE INDEX (room_events_due)
+      WHERE delivery_state = 'pending'
+        AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
+        AND (claim_until IS NULL OR claim_until < ?)
+      LIMIT ?) c`
+
+	// nextDueSQL is when the earliest pending event falls due after a time:
+	// one look-up of the first entry of room_events_due past it (MIN, so
+	// that no plan can choose to walk the never-tried entries before it).
+	nextDueSQL = `SELECT MIN(next_attempt_at) FROM room_events
+WHERE delivery_state = 'pending' AND next_attempt_at > ?`
 
 	// claimSQL takes the candidates whose lease is still free; the row locks
-	// make concurrent claimers queue, and each row goes to one of them.
-	claimSQL = `UPDATE room_events SET claimed_by = ?, claim_until = ?
+	// make concurrent claimers queue, and each row goes to one of them. The
+	// event falls due again when the lease ends, for another gateway to take
+	// should this one die.
+	claimSQL = `UPDATE room_events SET claimed_by = ?, claim_until = ?, next_attempt_at = ?
 WHERE id IN (%s) AND delivery_state = 'pending' AND (claim_until IS NULL OR claim_until < ?)`
 
 	claimedSQL = `SELECT id, rid, type, payload, created_at, attempts FROM room_events
 WHERE claimed_by = ? AND delivery_state = 'pending' ORDER BY id`
 
+	// deferSQL moves blocked candidates out of the due range until a later
+	// recheck, so that the claim's scan does not read them at every poll;
+	// wakeSQL brings them back as soon as the event before them is
+	// delivered. (Should another gateway deliver and wake in the instant
+	// between this claim's scan and its defer, the event waits for its
+	// recheck: later, never out of order.)
+	deferSQL = `UPDATE room_events SET next_attempt_at = ?
+WHERE id IN (%s) AND delivery_state = 'pending' AND (claim_until IS NULL OR claim_until < ?)`
+
 	deliveredSQL = `UPDATE room_events SET delivery_state = 'delivered', delivered_at = ?, claimed_by = NULL, claim_until = NULL
 WHERE claimed_by = ? AND id IN (%s)`
+
+	// wakeSQL makes the deferred, never-tried events of the rooms just
+	// delivered due at once: the next of each room goes out at the next
+	// poll rather than at its recheck. It reads room_events_rid_delivery
+	// for those rooms only.
+	wakeSQL = `UPDATE room_events SET next_attempt_at = NULL
+WHERE rid IN (%s) AND delivery_state = 'pending'
+  AND attempts = 0 AND claimed_by IS NULL AND next_attempt_at IS NOT NULL`
 
 	// failedSQL records a failed attempt: parked once attempts reach the
 	// maximum, otherwise due again at next_attempt_at. attempts is assigned
@@ -70,17 +102,37 @@ WHERE claimed_by = ? AND id IN (%s)`
   attempts = attempts + 1
 WHERE id = ? AND claimed_by = ?`
 
-	statusSQL = `SELECT
+	// countsSQL counts the backlog: it reads an index entry per pending or
+	// parked event, so the deliverer runs it less often as it grows.
+	countsSQL = `SELECT
   (SELECT COUNT(*) FROM room_events WHERE delivery_state = 'pending'),
-  (SELECT COUNT(*) FROM room_events WHERE delivery_state = 'parked'),
-  (SELECT MIN(created_at) FROM room_events WHERE delivery_state = 'pending')`
+  (SELECT COUNT(*) FROM room_events WHERE delivery_state = 'parked')`
+
+	// oldestSQL is the creation time of the lowest pending id (ids follow
+	// creation to within concurrent closes' milliseconds): two index reads.
+	oldestSQL = `SELECT created_at FROM room_events
+WHERE id = (SELECT MIN(id) FROM room_events WHERE delivery_state = 'pending')`
+
+	// purgeWindowSQL reads the next delivered events after a cursor, in id
+	// order, in a plain (lock-free) read; purgeSQL then deletes those of
+	// them older than the retention by primary key, which locks those rows
+	// and no gap, so a close's INSERT never waits on a purge. Events are
+	// delivered in about id order, so a round of windows stops at the first
+	// with nothing old enough, having read one window past the purged ones.
+	purgeWindowSQL = `SELECT id, delivered_at FROM room_events
+WHERE delivery_state = 'delivered' AND id > ? ORDER BY id LIMIT ?`
+	purgeSQL       = `DELETE FROM room_events WHERE id IN (%s) AND delivery_state = 'delivered'`
+	purgeRecordSQL = `INSERT INTO room_events_purge (singleton, through_id, purged_at) VALUES (1, ?, ?)
+ON DUPLICATE KEY UPDATE through_id = GREATEST(through_id, ?), purged_at = ?`
+	purgedThroughSQL = `SELECT COALESCE(MAX(through_id), 0) FROM room_events_purge`
 )
 
 // Store holds the outbox's prepared statements.
 type Store struct {
-	db                                 *sql.DB
-	candidates, claimed, failed, stats *sql.Stmt
-	all                                []*sql.Stmt // for Close
+	db *sql.DB
+	candidates, nextDue, claimed, failed,
+	counts, oldest, purgeWindow, purgeRecord *sql.Stmt
+	all []*sql.Stmt // for Close
 }
 
 // NewStore prepares the outbox statements on db.
@@ -89,9 +141,13 @@ func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	var err error
 	s.all, err = sqlstmt.Prepare(ctx, db,
 		sqlstmt.Query{Into: &s.candidates, SQL: candidatesSQL},
+		sqlstmt.Query{Into: &s.nextDue, SQL: nextDueSQL},
 		sqlstmt.Query{Into: &s.claimed, SQL: claimedSQL},
 		sqlstmt.Query{Into: &s.failed, SQL: failedSQL},
-		sqlstmt.Query{Into: &s.stats, SQL: statusSQL},
+		sqlstmt.Query{Into: &s.counts, SQL: countsSQL},
+		sqlstmt.Query{Into: &s.oldest, SQL: oldestSQL},
+		sqlstmt.Query{Into: &s.purgeWindow, SQL: purgeWindowSQL},
+		sqlstmt.Query{Into: &s.purgeRecord, SQL: purgeRecordSQL},
 	)
 	if err != nil {
 		return nil, err
@@ -117,73 +173,116 @@ func onWritable(ctx context.Context, write func() error) error {
 }
 
 // Claim leases up to limit deliverable events to owner until now+lease and
-// returns them in id order.
-func (s *Store) Claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) (events []Event, err error) {
+// returns them in id order. It reads at most scan due events; those it
+// finds waiting behind an earlier event of their room are deferred until
+// recheck (or until that event is delivered: MarkDelivered). full says the
+// scan was full, so that more may be due right away.
+func (s *Store) Claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit, scan int, recheck time.Time) (events []Event, full bool, err error) {
 	err = onWritable(ctx, func() error {
-		events, err = s.claim(ctx, owner, now, lease, limit)
+		events, full, err = s.claim(ctx, owner, now, lease, limit, scan, recheck)
 		return err
 	})
-	return events, err
+	return events, full, err
 }
 
-func (s *Store) claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit int) ([]Event, error) {
-	rows, err := s.candidates.QueryContext(ctx, now, now, limit)
+func (s *Store) claim(ctx context.Context, owner string, now time.Time, lease time.Duration, limit, scan int, recheck time.Time) (events []Event, full bool, err error) {
+	now = columnPrecision(now)
+	rows, err := s.candidates.QueryContext(ctx, now, now, scan)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	var ids []any
+	var ids, blocked []any
+	read := 0
 	for rows.Next() {
 		var id int64
-		if err := rows.Scan(&id); err != nil {
+		var isBlocked bool
+		if err := rows.Scan(&id, &isBlocked); err != nil {
 			rows.Close()
-			return nil, err
+			return nil, false, err
 		}
-		ids = append(ids, id)
+		read++
+		switch {
+		case isBlocked:
+			blocked = append(blocked, id)
+		case len(ids) < limit:
+			ids = append(ids, id)
+		}
 	}
 	rows.Close()
-	if err := rows.Err(); err != nil || len(ids) == 0 {
-		return nil, err
+	if err := rows.Err(); err != nil {
+		return nil, false, err
 	}
-	// The IN list varies with the batch, so this one statement is prepared
-	// per claim (still server-side, never interpolated).
-	query := fmt.Sprintf(claimSQL, strings.TrimSuffix(strings.Repeat("?,", len(ids)), ","))
-	args := append([]any{owner, now.Add(lease)}, ids...)
-	args = append(args, now)
-	if _, err := s.db.ExecContext(ctx, query, args...); err != nil {
-		return nil, err
+	full = read == scan
+	if len(blocked) > 0 {
+		// The IN lists vary with the batch, so these statements are
+		// prepared per claim (still server-side, never interpolated).
+		args := append(append([]any{recheck}, blocked...), now)
+		if _, err := s.db.ExecContext(ctx, fmt.Sprintf(deferSQL, placeholders(len(blocked))), args...); err != nil {
+			return nil, false, err
+		}
+	}
+	if len(ids) == 0 {
+		return nil, full, nil
+	}
+	until := now.Add(lease)
+	args := append(append([]any{owner, until, until}, ids...), now)
+	if _, err := s.db.ExecContext(ctx, fmt.Sprintf(claimSQL, placeholders(len(ids))), args...); err != nil {
+		return nil, false, err
 	}
 	rows, err = s.claimed.QueryContext(ctx, owner)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer rows.Close()
-	var events []Event
 	for rows.Next() {
 		var e Event
 		var payload []byte
 		if err := rows.Scan(&e.ID, &e.Rid, &e.Type, &payload, &e.CreatedAt, &e.Attempts); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		e.Payload = payload
 		events = append(events, e)
 	}
-	return events, rows.Err()
+	return events, full, rows.Err()
+}
+
+// NextDue is when the earliest pending event falls due after since; ok is
+// false when none does.
+func (s *Store) NextDue(ctx context.Context, since time.Time) (at time.Time, ok bool, err error) {
+	var next sql.NullTime
+	err = s.nextDue.QueryRowContext(ctx, columnPrecision(since)).Scan(&next)
+	return next.Time, next.Valid, err
+}
+
+// columnPrecision cuts t to the milliseconds of the DATETIME(3) columns it
+// is compared with: MariaDB reads a range of room_events_due only for a
+// bound of the column's precision, and given a finer one it walks every
+// pending entry instead.
+func columnPrecision(t time.Time) time.Time { return t.Truncate(time.Millisecond) }
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
 }
 
 // MarkDelivered records the deliveries of events claimed by owner, in one
-// statement for the batch (prepared per call, as its IN list varies).
-func (s *Store) MarkDelivered(ctx context.Context, ids []int64, owner string, now time.Time) error {
-	if len(ids) == 0 {
+// statement for the batch (prepared per call, as its IN list varies), and
+// makes the next events of their rooms due.
+func (s *Store) MarkDelivered(ctx context.Context, events []Event, owner string, now time.Time) error {
+	if len(events) == 0 {
 		return nil
 	}
-	args := make([]any, 0, 2+len(ids))
+	args := make([]any, 0, 2+len(events))
 	args = append(args, now, owner)
-	for _, id := range ids {
-		args = append(args, id)
+	rids := make([]any, len(events))
+	for i, e := range events {
+		args = append(args, e.ID)
+		rids[i] = e.Rid
 	}
-	query := fmt.Sprintf(deliveredSQL, strings.TrimSuffix(strings.Repeat("?,", len(ids)), ","))
 	return onWritable(ctx, func() error {
-		_, err := s.db.ExecContext(ctx, query, args...)
+		if _, err := s.db.ExecContext(ctx, fmt.Sprintf(deliveredSQL, placeholders(len(events))), args...); err != nil {
+			return err
+		}
+		_, err := s.db.ExecContext(ctx, fmt.Sprintf(wakeSQL, placeholders(len(rids))), rids...)
 		return err
 	})
 }
@@ -209,17 +308,83 @@ type Status struct {
 	OldestPending time.Time
 }
 
-// Status counts pending and parked events.
-func (s *Store) Status(ctx context.Context) (Status, error) {
-	return scanStatus(s.stats.QueryRowContext(ctx))
+// Counts counts pending and parked events: a read of one index entry per
+// event, so its cost grows with the backlog.
+func (s *Store) Counts(ctx context.Context) (pending, parked int64, err error) {
+	err = s.counts.QueryRowContext(ctx).Scan(&pending, &parked)
+	return pending, parked, err
 }
 
-func scanStatus(row *sql.Row) (Status, error) {
-	var st Status
-	var oldest sql.NullTime
-	err := row.Scan(&st.Pending, &st.Parked, &oldest)
-	st.OldestPending = oldest.Time
-	return st, err
+// OldestPending is the creation time of the oldest pending event, zero when
+// none is pending, at the same small cost however long the backlog.
+func (s *Store) OldestPending(ctx context.Context) (time.Time, error) {
+	return scanOldest(s.oldest.QueryRowContext(ctx))
+}
+
+func scanOldest(row *sql.Row) (time.Time, error) {
+	var oldest time.Time
+	err := row.Scan(&oldest)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	return oldest, err
+}
+
+// Purge reads the window of up to limit delivered events after id after,
+// and deletes those delivered before cutoff, recording the highest id it
+// deletes. It returns how many it deleted and the window's last id (the
+// cursor for the next window; 0 at the end). Parked and pending events
+// are never purged.
+func (s *Store) Purge(ctx context.Context, after int64, cutoff, now time.Time, limit int) (deleted, last int64, err error) {
+	rows, err := s.purgeWindow.QueryContext(ctx, after, limit)
+	if err != nil {
+		return 0, 0, err
+	}
+	var old []any
+	var highest int64
+	read := 0
+	for rows.Next() {
+		var id int64
+		var deliveredAt sql.NullTime
+		if err := rows.Scan(&id, &deliveredAt); err != nil {
+			rows.Close()
+			return 0, 0, err
+		}
+		read++
+		last = id
+		if deliveredAt.Valid && deliveredAt.Time.Before(cutoff) {
+			old = append(old, id)
+			highest = id
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, 0, err
+	}
+	if read < limit {
+		last = 0
+	}
+	if len(old) == 0 {
+		return 0, last, nil
+	}
+	// Recorded first: a purge cut short still leaves replay's warning right.
+	if _, err := s.purgeRecord.ExecContext(ctx, highest, now, highest, now); err != nil {
+		return 0, 0, err
+	}
+	res, err := s.db.ExecContext(ctx, fmt.Sprintf(purgeSQL, placeholders(len(old))), old...)
+	if err != nil {
+		return 0, 0, err
+	}
+	deleted, err = res.RowsAffected()
+	return deleted, last, err
+}
+
+// PurgedThrough is the highest event id the retention purge has deleted; 0
+// when it never deleted any.
+func PurgedThrough(ctx context.Context, db *sql.DB) (int64, error) {
+	var id int64
+	err := db.QueryRowContext(ctx, purgedThroughSQL).Scan(&id)
+	return id, err
 }
 
 // Replay makes events deliverable again: the parked ones (parkedOnly), or
@@ -236,7 +401,14 @@ WHERE id >= ? AND (delivery_state = 'parked' OR (? = FALSE AND delivery_state = 
 	return res.RowsAffected()
 }
 
-// ReadStatus is Status for a caller without a Store (the command line).
+// ReadStatus is the outbox's status for a caller without a Store (the
+// command line).
 func ReadStatus(ctx context.Context, db *sql.DB) (Status, error) {
-	return scanStatus(db.QueryRowContext(ctx, statusSQL))
+	var st Status
+	if err := db.QueryRowContext(ctx, countsSQL).Scan(&st.Pending, &st.Parked); err != nil {
+		return st, err
+	}
+	var err error
+	st.OldestPending, err = scanOldest(db.QueryRowContext(ctx, oldestSQL))
+	return st, err
 }
