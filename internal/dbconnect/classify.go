@@ -17,6 +17,13 @@ func NotWritable(err error) bool {
 	return errors.As(err, &me) && notWritableErrors[me.Number]
 }
 
+// RolledBack reports a deadlock or a lock wait timeout: InnoDB rolled the
+// statement (or its transaction) back whole, so running it again is safe.
+func RolledBack(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205)
+}
+
 // Retryable reports whether err says only that no server could take the
 // work now (network errors, timeouts, a server starting, shutting down, out
 // of connections, not synced, read-only) rather than that a server refused

@@ -161,15 +161,27 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// onWritable runs a write, and once more when the server refused it as
-// read-only or not the group's primary: nothing was done, and the connector
-// has passed that server over, so the rerun goes to the next.
+// onWritable runs a write again when nothing of it was done: once when the
+// server refused it as read-only or not the group's primary (the connector
+// has passed that server over, so the rerun goes to the next), and up to
+// three times in all when InnoDB rolled it back for a deadlock or a lock
+// wait (a claim and another gateway's marks of the same rooms can deadlock;
+// a mark given up on would have its batch sent again after the lease).
+// Every write it runs is idempotent.
 func onWritable(ctx context.Context, write func() error) error {
-	err := write()
-	if dbconnect.NotWritable(err) && ctx.Err() == nil {
-		err = write()
+	refused := false
+	for attempt := 1; ; attempt++ {
+		err := write()
+		switch {
+		case err == nil || ctx.Err() != nil:
+			return err
+		case dbconnect.NotWritable(err) && !refused:
+			refused = true
+		case dbconnect.RolledBack(err) && attempt < 3:
+		default:
+			return err
+		}
 	}
-	return err
 }
 
 // Claim leases up to limit deliverable events to owner until now+lease and

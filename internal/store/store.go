@@ -450,10 +450,7 @@ func connectionBroke(err error) bool {
 
 // retryable reports a deadlock or lock wait timeout: InnoDB rolled the
 // transaction back, and running it again is safe.
-func retryable(err error) bool {
-	var me *mysql.MySQLError
-	return errors.As(err, &me) && (me.Number == 1213 || me.Number == 1205)
-}
+func retryable(err error) bool { return dbconnect.RolledBack(err) }
 
 func nullIfEmpty(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
 
