@@ -284,8 +284,16 @@ func (d *clusterDrill) nodeDies(t *testing.T) {
 // identicalRows: every node holds the same rooms, messages and outbox rows
 // (read with wsrep_sync_wait=1, so each node has applied all it received).
 func (d *clusterDrill) identicalRows(t *testing.T) {
+	sameRowsEverywhere(t, d.nodeDSNs, "SET SESSION wsrep_sync_wait = 1", "node")
+}
+
+// sameRowsEverywhere fails unless every server of dsns holds the same rooms,
+// messages and outbox rows. Each read runs after sync on its connection, a
+// statement that makes the server apply what its cluster committed first.
+func sameRowsEverywhere(t *testing.T, dsns []string, sync, server string) {
+	t.Helper()
 	var sums []string
-	for i, dsn := range d.nodeDSNs {
+	for i, dsn := range dsns {
 		db, err := sql.Open("mysql", dsn)
 		if err != nil {
 			t.Fatal(err)
@@ -296,7 +304,7 @@ func (d *clusterDrill) identicalRows(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		if _, err := conn.ExecContext(t.Context(), "SET SESSION wsrep_sync_wait = 1"); err != nil {
+		if _, err := conn.ExecContext(t.Context(), sync); err != nil {
 			t.Fatal(err)
 		}
 		var parts []string
@@ -307,17 +315,17 @@ func (d *clusterDrill) identicalRows(t *testing.T) {
 		} {
 			var n, sum int64
 			if err := conn.QueryRowContext(t.Context(), q).Scan(&n, &sum); err != nil {
-				t.Fatalf("node %d: %v", i+1, err)
+				t.Fatalf("%s %d: %v", server, i+1, err)
 			}
 			parts = append(parts, fmt.Sprintf("%d/%d", n, sum))
 		}
 		sums = append(sums, strings.Join(parts, " "))
 	}
-	t.Logf("per node (rooms, messages, outbox: count/checksum): %q", sums)
+	t.Logf("per %s (rooms, messages, outbox: count/checksum): %q", server, sums)
 	sorted := append([]string{}, sums...)
 	sort.Strings(sorted)
 	if sorted[0] != sorted[len(sorted)-1] {
-		t.Fatalf("nodes differ: %q", sums)
+		t.Fatalf("%ss differ: %q", server, sums)
 	}
 }
 
