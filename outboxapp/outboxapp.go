@@ -227,6 +227,7 @@ func (o *Outbox) Start() error {
 			Lease:        time.Duration(o.Lease),
 			PollInterval: time.Duration(o.PollInterval),
 			Retain:       time.Duration(o.Retain), // 0 with keep_delivered
+			Busy:         o.pool.Busy,             // the handlers' closes on the same DSN come first
 		}, outboxObserver{o.logger})
 		o.deliverer.Run(runCtx)
 	}()

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/go-sql-driver/mysql"
@@ -78,6 +79,8 @@ type Pool struct {
 	// closers are the credentials that recently closed rooms through this
 	// pool: the handler reads credentials and room in one query for them.
 	closers *closerhint.Set
+
+	lastRequest atomic.Int64 // when the last request began, in Unix ns
 
 	mu       sync.Mutex
 	active   int  // requests in flight
@@ -235,8 +238,22 @@ func (p *Pool) Acquire() bool {
 		return false
 	}
 	p.active++
+	p.lastRequest.Store(time.Now().UnixNano())
 	return true
 }
+
+// Busy reports whether requests are being served through the pool: one is
+// in flight, or one began within the last busyWindow.
+func (p *Pool) Busy() bool {
+	p.mu.Lock()
+	active := p.active
+	p.mu.Unlock()
+	return active > 0 || time.Since(time.Unix(0, p.lastRequest.Load())) < busyWindow
+}
+
+// busyWindow is how long after its last request the pool counts as busy:
+// long enough to span the gaps between one client's requests.
+const busyWindow = 250 * time.Millisecond
 
 // Done ends a request that Acquire let in.
 func (p *Pool) Done() {

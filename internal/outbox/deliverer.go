@@ -48,7 +48,16 @@ type Config struct {
 	// Retain is how long delivered events are kept before they are
 	// purged; 0 keeps them.
 	Retain time.Duration
+	// Busy, when set, reports that the gateway is serving requests that
+	// come before the outbox (closes): a catch-up then yields, working a
+	// tenth of the time (yieldShare), so that a drained backlog does not
+	// take the CPU and the database the closes need.
+	Busy func() bool
 }
+
+// yieldShare is the share of the time a catch-up works while Busy: after
+// each full batch it pauses nine times as long as the batch took.
+const yieldShare = 0.1
 
 const (
 	// scanFactor × Batch due events are read per claim at most: enough to
@@ -110,9 +119,18 @@ func (d *Deliverer) Run(ctx context.Context) {
 	}
 	var status statusRefresh
 	for ctx.Err() == nil {
+		from := time.Now()
 		claimedAt, n, full := d.once(ctx)
 		d.refreshStatus(ctx, &status)
 		if n == d.cfg.Batch || full {
+			// More is due at once: a catch-up, which gives way to closes.
+			if d.cfg.Busy != nil && d.cfg.Busy() {
+				pause := time.Duration(float64(time.Since(from)) * (1/yieldShare - 1))
+				select {
+				case <-ctx.Done():
+				case <-time.After(min(pause, d.cfg.PollInterval*4)):
+				}
+			}
 			continue
 		}
 		// Nothing more was due: wait for the earliest retry, or poll_interval
