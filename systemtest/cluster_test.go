@@ -82,10 +82,18 @@ type clusterResult struct {
 }
 
 func (d *clusterDrill) close(gw int, rid, token string) clusterResult {
-	r := clusterResult{gateway: gw, rid: rid, start: time.Now()}
-	req, _ := http.NewRequest(http.MethodPost, d.gateways[gw].BaseURL+closePath, strings.NewReader(closeBody(rid, token)))
-	req.Header.Set("X-User-Id", d.agent.ID)
-	req.Header.Set("X-Auth-Token", d.agent.Token)
+	r := drillClose(d.gateways[gw].BaseURL, d.agent, rid, token)
+	r.gateway = gw
+	return r
+}
+
+// drillClose closes rid through the gateway at baseURL as agent, timing it;
+// a drill's clients call it from many goroutines.
+func drillClose(baseURL string, agent testdb.Agent, rid, token string) clusterResult {
+	r := clusterResult{rid: rid, start: time.Now()}
+	req, _ := http.NewRequest(http.MethodPost, baseURL+closePath, strings.NewReader(closeBody(rid, token)))
+	req.Header.Set("X-User-Id", agent.ID)
+	req.Header.Set("X-Auth-Token", agent.Token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	r.took = time.Since(r.start)

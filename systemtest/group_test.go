@@ -3,7 +3,6 @@ package systemtest
 import (
 	"database/sql"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
@@ -75,20 +74,7 @@ func TestGroupReplicationDrill(t *testing.T) {
 }
 
 func (d *groupDrill) close(rid, token string) clusterResult {
-	r := clusterResult{rid: rid, start: time.Now()}
-	req, _ := http.NewRequest(http.MethodPost, d.gw.BaseURL+closePath, strings.NewReader(closeBody(rid, token)))
-	req.Header.Set("X-User-Id", d.agent.ID)
-	req.Header.Set("X-Auth-Token", d.agent.Token)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	r.took = time.Since(r.start)
-	if err != nil {
-		r.transportE = err
-		return r
-	}
-	resp.Body.Close()
-	r.status = resp.StatusCode
-	return r
+	return drillClose(d.gw.BaseURL, d.agent, rid, token)
 }
 
 // secondaryFirst: 200 rooms closed one after another through the DSN that
