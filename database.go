@@ -124,38 +124,37 @@ type dbSession struct {
 	loginExpiration time.Duration
 
 	roundTrips int
-	hashed     string
 	found      store.Found
 	roomRead   bool
 }
 
-// authenticate reads and verifies the credentials. Credentials that
+// authenticate reads and verifies the credentials of userID and the token
+// whose hash is hashed. Credentials that
 // recently closed a room read the room in the same query when the body is
 // valid; all others (unknown tokens above all) take the cheaper query that
 // a 401 or a 403 needs, and read the room later if they get there.
-func (db *dbSession) authenticate(ctx context.Context, userID, token string, p params.Params, bodyValid bool) (store.User, error) {
-	db.hashed = store.HashLoginToken(token)
+func (db *dbSession) authenticate(ctx context.Context, userID, hashed string, p params.Params, bodyValid bool) (store.User, error) {
 	var (
 		creds store.Credentials
 		err   error
 	)
 	from := time.Now()
-	if bodyValid && db.closers.Has(userID, db.hashed) {
-		creds, db.found, err = db.store.ReadCredentialsAndRoom(ctx, userID, db.hashed, p.Rid, p.Token)
+	if bodyValid && db.closers.Has(userID, hashed) {
+		creds, db.found, err = db.store.ReadCredentialsAndRoom(ctx, userID, hashed, p.Rid, p.Token)
 		db.roomRead = err == nil
 	} else {
-		creds, err = db.store.ReadCredentials(ctx, userID, db.hashed)
+		creds, err = db.store.ReadCredentials(ctx, userID, hashed)
 	}
 	db.spent(from, 1, err)
 	if err != nil {
 		return store.User{}, err
 	}
-	user, err := store.Verify(creds, userID, db.hashed, db.loginExpiration, db.store.Now())
+	user, err := store.Verify(creds, userID, hashed, db.loginExpiration, db.store.Now())
 	switch {
 	case err != nil || !user.CanCloseRooms:
-		db.closers.Remove(userID, db.hashed)
+		db.closers.Remove(userID, hashed)
 	default:
-		db.closers.Add(userID, db.hashed)
+		db.closers.Add(userID, hashed)
 	}
 	return user, err
 }

@@ -138,16 +138,17 @@ func (h *Handler) roomClose(w http.ResponseWriter, r *http.Request, st *requestS
 	if !store.Askable(userID, token) {
 		return h.beforeBody(w, r, st, h.replyUnauthorized)
 	}
-	if h.db.Closers().Has(userID, store.HashLoginToken(token)) {
+	hashed := store.HashLoginToken(token) // the token itself goes no further
+	if h.db.Closers().Has(userID, hashed) {
 		st.authenticated = true
-		return h.closeBodyFirst(w, r, st, userID, token)
+		return h.closeBodyFirst(w, r, st, userID, hashed)
 	}
-	return h.closeAuthenticatedFirst(w, r, st, userID, token)
+	return h.closeAuthenticatedFirst(w, r, st, userID, hashed)
 }
 
 // closeBodyFirst reads the body, then authenticates (with the room in the
 // same query when the body is valid) and closes, holding one database slot.
-func (h *Handler) closeBodyFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, token string) reply {
+func (h *Handler) closeBodyFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, hashed string) reply {
 	body, release, rep := h.readBody(w, r, st)
 	if release == nil {
 		return rep
@@ -159,7 +160,7 @@ func (h *Handler) closeBodyFirst(w http.ResponseWriter, r *http.Request, st *req
 	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
 
 	return h.withDatabase(r, st, func(ctx context.Context, db *dbSession) reply {
-		user, err := db.authenticate(ctx, userID, token, p, invalid == nil)
+		user, err := db.authenticate(ctx, userID, hashed, p, invalid == nil)
 		if errors.Is(err, store.ErrUnauthorized) {
 			return h.replyUnauthorized
 		} else if err != nil {
@@ -180,11 +181,11 @@ func (h *Handler) closeBodyFirst(w http.ResponseWriter, r *http.Request, st *req
 // the body is read, then reads the body and, for a valid one from a user
 // who may close rooms, reads the room and closes it. The database slot is
 // not held while the body arrives.
-func (h *Handler) closeAuthenticatedFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, token string) reply {
+func (h *Handler) closeAuthenticatedFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, hashed string) reply {
 	var user store.User
 	rep := h.withDatabase(r, st, func(ctx context.Context, db *dbSession) reply {
 		var err error
-		user, err = db.authenticate(ctx, userID, token, params.Params{}, false)
+		user, err = db.authenticate(ctx, userID, hashed, params.Params{}, false)
 		if errors.Is(err, store.ErrUnauthorized) {
 			return h.replyUnauthorized
 		} else if err != nil {
