@@ -110,8 +110,25 @@ func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(contex
 		}
 	}()
 	rep := fn(ctx, db)
+	if rep.outcome == OutcomeUnavailable && queueStarved(r, ctx, heldFrom.Sub(waitFrom), time.Since(heldFrom)) {
+		// Shed as well: its db_timeout went mostly to the queue, and the
+		// database was no slower than usual for it.
+		rep = replyOverloaded
+	}
 	failed = rep.outcome == OutcomeUnavailable
 	return rep
+}
+
+// queueStarved tells whether a request whose database work failed ran out
+// of db_timeout (its client still there) after waiting longer for its slot
+// than it then held it: under a pile-up, slots go one after another to
+// requests with almost no time left, and those are shed, not database
+// failures, and must not halve the bound.
+func queueStarved(r *http.Request, ctx context.Context, waited, held time.Duration) bool {
+	// By the deadline, not ctx.Err(): a dial or a read that times out at
+	// the deadline can return before ctx's own timer marks it done.
+	deadline, _ := ctx.Deadline()
+	return !time.Now().Before(deadline) && r.Context().Err() == nil && held < waited
 }
 
 // dbSession is one request's use of the database: the steps of the

@@ -33,7 +33,7 @@ const (
 	OutcomeTooLarge       = "too_large"
 	OutcomeUnreadableBody = "unreadable_body"
 	OutcomeUnavailable    = "unavailable"   // the database failed, or was slower than db_timeout, on a request that had a slot
-	OutcomeOverloaded     = "overloaded"    // shed: every database slot stayed busy for the whole db_timeout
+	OutcomeOverloaded     = "overloaded"    // shed: the database slots stayed busy for all or most of db_timeout
 	OutcomeBodyBudget     = "body_budget"   // shed: body_budget stayed in use for as long as a request waits for it
 	OutcomeClientClosed   = "client_closed" // the client hung up before the answer; nginx's 499
 	OutcomeInternalError  = "internal_error"

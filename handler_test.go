@@ -316,8 +316,8 @@ func expectSlotsFree(t *testing.T, h *Handler, db *stubDatabase, holds int) {
 	if db.acquired != holds || db.done != holds {
 		t.Errorf("pool held %d times and let go %d times, want %d", db.acquired, db.done, holds)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // a free slot is taken at once, even so
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond) // a free slot is taken at once
+	defer cancel()
 	if err := h.dbLimit.Acquire(ctx); err != nil {
 		t.Errorf("the db_concurrency slot was not given back")
 		return

@@ -95,6 +95,9 @@ func (l *Limiter) Acquire(ctx context.Context) error { return l.acquire(ctx, &l.
 func (l *Limiter) AcquireAhead(ctx context.Context) error { return l.acquire(ctx, &l.ahead) }
 
 func (l *Limiter) acquire(ctx context.Context, queue *[]chan struct{}) error {
+	if err := ctx.Err(); err != nil {
+		return err // a request already out of time never takes a slot
+	}
 	l.mu.Lock()
 	if l.inFlight < l.limit && len(l.ahead) == 0 && len(*queue) == 0 {
 		l.inFlight++
@@ -109,7 +112,12 @@ func (l *Limiter) acquire(ctx context.Context, queue *[]chan struct{}) error {
 
 	select {
 	case <-ready:
-		return nil
+		if ctx.Err() == nil {
+			return nil
+		}
+		// Handed a slot as ctx ended (select picks either when both are
+		// ready): a slot given to a request with no time left is wasted,
+		// and it would fail on the database at once, so give it on.
 	case <-ctx.Done():
 	}
 	l.mu.Lock()

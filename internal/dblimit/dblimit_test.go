@@ -240,3 +240,35 @@ func TestSetBounds(t *testing.T) {
 		t.Fatalf("the waiter was not let in by the raised floor: %v", err)
 	}
 }
+
+// A request whose time is up never takes a slot: neither a free one nor one
+// handed to it as its deadline passes (a pile-up hands slots one after
+// another to requests out of time, which would each fail on the database).
+func TestNoSlotForARequestOutOfTime(t *testing.T) {
+	l := New(1, 1)
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Acquire(done); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a free slot went to a request out of time: %v", err)
+	}
+	for i := range 200 {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		got := make(chan error, 1)
+		go func() { got <- l.Acquire(ctx) }()
+		waitForWaiters(t, l, 1)
+		cancel()
+		l.Release(time.Millisecond, 1) // hands the slot on, perhaps before the waiter sees ctx end
+		if err := <-got; err == nil {
+			t.Fatalf("round %d: a waiter took a slot after its context ended", i)
+		}
+	}
+	// Every slot came back: the next request takes one at once.
+	ctx, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	if err := l.Acquire(ctx); err != nil {
+		t.Fatalf("the slot was not given back: %v", err)
+	}
+}
