@@ -20,6 +20,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -312,6 +313,7 @@ func stop() {
 	for _, c := range children {
 		c.Process.Kill()
 	}
+	os.RemoveAll(configDir())
 }
 
 func waitFor(addr string) {
@@ -474,10 +476,19 @@ func moduleSiteWith(addr, dsn, extra string) string {
 `, addr, dsn, extra, upstreamAddr)
 }
 
+// configDir holds this run's Caddyfiles, apart from any other run's.
+var configDir = sync.OnceValue(func() string {
+	dir, err := os.MkdirTemp("", "rocketchat-voip-bench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return dir
+})
+
 // startCaddy writes a Caddyfile (quiet, no HTTPS, with extra global
-// options) in the temporary directory and runs bin on it.
+// options) in this run's directory and runs bin on it.
 func startCaddy(bin, name, globals, sites string) *exec.Cmd {
-	file := filepath.Join(os.TempDir(), name+".Caddyfile")
+	file := filepath.Join(configDir(), name+".Caddyfile")
 	os.WriteFile(file, []byte(fmt.Sprintf(`{
 	auto_https off
 	persist_config off

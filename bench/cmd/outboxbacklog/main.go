@@ -81,6 +81,7 @@ func main() {
 		log.Fatal(err)
 	}
 	defer db.Close()
+	defer func() { os.RemoveAll(configDir()) }()
 	wrkDir, _ := filepath.Abs("bench/wrk")
 	os.Setenv("BENCH_WRK_DIR", wrkDir)
 	appAddr := fmt.Sprintf("127.0.0.1:%d", *port)
@@ -299,8 +300,17 @@ func site(addr, upstream string) string {
 	return fmt.Sprintf("http://%s {\n\trocketchat_voip {\n\t\tdsn %q\n\t\trate_limit off\n\t\tmax_open_conns 64\n\t}\n\treverse_proxy %s\n}\n", addr, *dsn, upstream)
 }
 
+// configDir holds this run's Caddyfiles, apart from any other run's.
+var configDir = sync.OnceValue(func() string {
+	dir, err := os.MkdirTemp("", "outboxbacklog-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return dir
+})
+
 func startCaddy(name, globals, sites string) *exec.Cmd {
-	file := filepath.Join(os.TempDir(), "outboxbacklog-"+name+".Caddyfile")
+	file := filepath.Join(configDir(), name+".Caddyfile")
 	must(os.WriteFile(file, []byte(fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\toutput discard\n\t}\n\t%s\n}\n%s", globals, sites)), 0o600))
 	cmd := exec.Command(filepath.Join(*binDir, "caddy"), "run", "--config", file, "--adapter", "caddyfile")
 	cmd.Stderr = os.Stderr
