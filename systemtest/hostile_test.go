@@ -282,3 +282,62 @@ func TestAgentsGoAheadOfAFlood(t *testing.T) {
 		t.Fatalf("only %v of the flood were shed: it never queued long enough to test anything", shed)
 	}
 }
+
+// While agents known to this gateway keep every database slot busy (their
+// requests wait ahead), an agent on its first close here, whose credentials
+// are not yet known, still gets a share of the slots: its close succeeds
+// within db_timeout instead of waiting behind them until it is shed.
+func TestNewAgentIsNotStarvedByKnownOnes(t *testing.T) {
+	e, proxy := startEnv(t, envOptions{extra: []string{"db_timeout 2s", "db_concurrency 1", "max_open_conns 1", "rate_limit off"}, proxied: true, site: withMetricsRoute})
+	expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), 200, `{"rid":"ROOM1","success":true}`) // agent1 is now known
+	newcomer := e.db.AddUser(t, "agent2", "livechat-agent")
+	visitor2 := e.db.AddVisitor(t, "visitor2")
+	e.db.AddRoom(t, "ROOM2", visitor2, time.Now().UTC(), nil)
+
+	// One slot, 20 ms a round trip, four clients of agent1 asking again and
+	// again (the room is closed: each answer is a 400 after one query):
+	// three of them always wait ahead.
+	proxy.SetDelay(20 * time.Millisecond)
+	defer proxy.SetDelay(0)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var busy sync.WaitGroup
+	for range 4 {
+		busy.Add(1)
+		wg.Go(func() {
+			first := true
+			defer func() {
+				if first {
+					busy.Done()
+				}
+			}()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r, err := e.tryPost(closeBody(e.roomID, e.visitor.Token))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if r.status != 400 || r.body != `{"success":false,"error":"room-closed"}` {
+					t.Errorf("a known agent got %d %s", r.status, r.body)
+				}
+				if first {
+					busy.Done()
+					first = false
+				}
+			}
+		})
+	}
+	busy.Wait()
+	got := e.postAs(t, newcomer, closeBody("ROOM2", visitor2.Token))
+	close(stop)
+	wg.Wait()
+	expect(t, got, 200, `{"rid":"ROOM2","success":true}`)
+	if !e.room(t, "ROOM2").closed() {
+		t.Fatal("ROOM2 is still open")
+	}
+}

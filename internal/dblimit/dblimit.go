@@ -34,6 +34,11 @@ const (
 	minWindow = 30 * time.Second
 	// minBatch is the fewest samples averaged before the limit moves.
 	minBatch = 8
+	// AheadShare is how many slots in a row go to AcquireAhead's while
+	// others wait, before one goes to the longest waiting of the others:
+	// real agents keep most of a saturated database, and an agent not yet
+	// known (its first close on this gateway) is never starved by them.
+	AheadShare = 3
 )
 
 // Limiter hands out slots in arrival order. The zero value is not usable;
@@ -51,6 +56,7 @@ type Limiter struct {
 	inFlight int
 	waiters  []chan struct{} // in arrival order; closed when handed a slot
 	ahead    []chan struct{} // AcquireAhead's, served before waiters
+	aheadRun int             // slots handed in a row to ahead while waiters waited
 
 	sum        time.Duration // per-round-trip samples since the last move
 	n          int
@@ -89,9 +95,11 @@ func (l *Limiter) Limit() int {
 // return must be followed by one Release or ReleaseFailed.
 func (l *Limiter) Acquire(ctx context.Context) error { return l.acquire(ctx, &l.waiters) }
 
-// AcquireAhead is Acquire for a request that goes before every Acquire
+// AcquireAhead is Acquire for a request that goes before the Acquire's
 // still waiting (those of credentials known to be real, while a flood of
-// unknown ones queues), in arrival order among themselves.
+// unknown ones queues), in arrival order among themselves: of the slots
+// handed while both wait, AheadShare in a row go ahead, then one to the
+// others.
 func (l *Limiter) AcquireAhead(ctx context.Context) error { return l.acquire(ctx, &l.ahead) }
 
 func (l *Limiter) acquire(ctx context.Context, queue *[]chan struct{}) error {
@@ -196,13 +204,20 @@ func (l *Limiter) setLimit(n int) {
 }
 
 // handOff gives free slots to the longest waiting requests, those that
-// wait ahead first.
+// wait ahead first, but for one in AheadShare+1 while others wait.
 func (l *Limiter) handOff() {
-	for _, queue := range []*[]chan struct{}{&l.ahead, &l.waiters} {
-		for l.inFlight < l.limit && len(*queue) > 0 {
-			close((*queue)[0])
-			*queue = (*queue)[1:]
-			l.inFlight++
+	for l.inFlight < l.limit && len(l.ahead)+len(l.waiters) > 0 {
+		queue := &l.ahead
+		switch {
+		case len(l.waiters) == 0:
+			l.aheadRun = 0
+		case len(l.ahead) == 0 || l.aheadRun >= AheadShare:
+			queue, l.aheadRun = &l.waiters, 0
+		default:
+			l.aheadRun++
 		}
+		close((*queue)[0])
+		*queue = (*queue)[1:]
+		l.inFlight++
 	}
 }

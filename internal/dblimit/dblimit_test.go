@@ -272,3 +272,41 @@ func TestNoSlotForARequestOutOfTime(t *testing.T) {
 		t.Fatalf("the slot was not given back: %v", err)
 	}
 }
+
+// Requests that wait ahead never starve the others: while both wait, one
+// slot in 4 goes to the longest waiting of the others.
+func TestOthersGetAShareWhileAheadWait(t *testing.T) {
+	l := New(1, 1)
+	if err := l.Acquire(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	order := make(chan string, 10)
+	var wg sync.WaitGroup
+	queue := func(name string, acquire func(context.Context) error, waiting int) {
+		wg.Go(func() {
+			if err := acquire(context.Background()); err != nil {
+				t.Error(err)
+				return
+			}
+			order <- name
+			l.Release(time.Millisecond, 1)
+		})
+		waitForWaiters(t, l, waiting)
+	}
+	queue("other 1", l.Acquire, 1)
+	queue("other 2", l.Acquire, 2)
+	for i := range 8 {
+		queue(fmt.Sprintf("ahead %d", i+1), l.AcquireAhead, 3+i)
+	}
+	l.Release(time.Millisecond, 1)
+	wg.Wait()
+	close(order)
+	var got []string
+	for name := range order {
+		got = append(got, name)
+	}
+	want := []string{"ahead 1", "ahead 2", "ahead 3", "other 1", "ahead 4", "ahead 5", "ahead 6", "other 2", "ahead 7", "ahead 8"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("slots went to\n%v\nwant\n%v", got, want)
+	}
+}
