@@ -67,6 +67,13 @@ func manyTags(n, size int) []string {
 // server (max_allowed_packet 16 MiB on MariaDB) store whole.
 func TestLargestBodyStoredWhole(t *testing.T) {
 	e := newEnv(t, "rate_limit off", "max_body 8MiB")
+	var version string
+	if err := e.db.QueryRow("SELECT VERSION()").Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(version, "TiDB") {
+		t.Skip("TiDB refuses a row over its txn-entry-size-limit, 6 MiB by default (the README says to keep max_body within it there)")
+	}
 	comment := strings.Repeat("y", 8<<20-200)
 	body, _ := json.Marshal(map[string]any{"rid": e.roomID, "token": e.visitor.Token, "options": map[string]any{"comment": comment}})
 	if res := e.post(t, string(body)); res.status != http.StatusOK {
