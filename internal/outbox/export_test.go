@@ -1,7 +1,4 @@
 package outbox
 
 // Statements for the tests' plans and locks.
-const (
-	CandidatesSQL = candidatesSQL
-	PurgeSQL      = purgeSQL
-)
+const PurgeSQL = purgeSQL

@@ -135,6 +135,13 @@ type Store struct {
 	all []*sql.Stmt // for Close
 }
 
+// A poll's statements, for the plan test and bench/cmd/outboxbacklog to
+// explain and time as this build runs them.
+const (
+	CandidatesSQL = candidatesSQL
+	NextDueSQL    = nextDueSQL
+)
+
 // NewStore prepares the outbox statements on db.
 func NewStore(ctx context.Context, db *sql.DB) (*Store, error) {
 	s := &Store{db: db}

@@ -36,6 +36,7 @@ import (
 
 	_ "github.com/go-sql-driver/mysql"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
 
@@ -62,16 +63,6 @@ WHERE e.delivery_state = 'pending'
   AND NOT EXISTS (SELECT 1 FROM room_events p
                   WHERE p.rid = e.rid AND p.id < e.id AND p.delivery_state IN ('pending', 'parked'))
 ORDER BY e.id LIMIT ?`
-
-const newCandidatesSQL = `SELECT c.id, EXISTS (SELECT 1 FROM room_events p
-                     WHERE p.rid = c.rid AND p.id < c.id AND p.delivery_state IN ('pending', 'parked')) AS blocked
-FROM (SELECT id, rid FROM room_events FORCE INDEX (room_events_due)
-      WHERE delivery_state = 'pending'
-        AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
-        AND (claim_until IS NULL OR claim_until < ?)
-      LIMIT ?) c`
-
-const newNextDueSQL = `SELECT MIN(next_attempt_at) FROM room_events WHERE delivery_state = 'pending' AND next_attempt_at > ?`
 
 func main() {
 	flag.Parse()
@@ -121,8 +112,8 @@ func poll(db *sql.DB) {
 	fmt.Println("|---|---|---|")
 	now := time.Now().UTC().Truncate(time.Millisecond) // as the app passes it
 	fmt.Printf("| before (one statement) | %s | %s |\n", explainRows(db, oldCandidatesSQL, now, now, 64), timeIt(db, 5, oldCandidatesSQL, now, now, 64))
-	fmt.Printf("| this build: the claim's scan | %s | %s |\n", explainRows(db, newCandidatesSQL, now, now, 128), timeIt(db, 2000, newCandidatesSQL, now, now, 128))
-	fmt.Printf("| this build: the earliest retry | %s | %s |\n", explainRows(db, newNextDueSQL, now), timeIt(db, 2000, newNextDueSQL, now))
+	fmt.Printf("| this build: the claim's scan | %s | %s |\n", explainRows(db, outbox.CandidatesSQL, now, now, 128), timeIt(db, 2000, outbox.CandidatesSQL, now, now, 128))
+	fmt.Printf("| this build: the earliest retry | %s | %s |\n", explainRows(db, outbox.NextDueSQL, now), timeIt(db, 2000, outbox.NextDueSQL, now))
 	fmt.Printf("| this build: the gauges' counts (every ~100× their time) | | %s |\n\n", timeIt(db, 5, `SELECT
   (SELECT COUNT(*) FROM room_events WHERE delivery_state = 'pending'),
   (SELECT COUNT(*) FROM room_events WHERE delivery_state = 'parked')`))
