@@ -110,7 +110,7 @@ func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(contex
 		}
 	}()
 	rep := fn(ctx, db)
-	if rep.outcome == OutcomeUnavailable && queueStarved(r, ctx, heldFrom.Sub(waitFrom), time.Since(heldFrom)) {
+	if rep.outcome == OutcomeUnavailable && queueStarved(ctx, r, heldFrom.Sub(waitFrom), time.Since(heldFrom)) {
 		// Shed as well: its db_timeout went mostly to the queue, and the
 		// database was no slower than usual for it.
 		rep = replyOverloaded
@@ -124,7 +124,7 @@ func (h *Handler) withDatabase(r *http.Request, st *requestState, fn func(contex
 // than it then held it: under a pile-up, slots go one after another to
 // requests with almost no time left, and those are shed, not database
 // failures, and must not halve the bound.
-func queueStarved(r *http.Request, ctx context.Context, waited, held time.Duration) bool {
+func queueStarved(ctx context.Context, r *http.Request, waited, held time.Duration) bool {
 	// By the deadline, not ctx.Err(): a dial or a read that times out at
 	// the deadline can return before ctx's own timer marks it done.
 	deadline, _ := ctx.Deadline()

@@ -17,7 +17,13 @@ import (
 // engine is what the test server is.
 func (e *env) engine(t *testing.T) dbconnect.Engine {
 	t.Helper()
-	engine, _, err := dbconnect.DetectEngine(context.Background(), e.db.DB)
+	return engineOf(t, e.db)
+}
+
+// engineOf is the engine of the server that holds db.
+func engineOf(t *testing.T, db *testdb.DB) dbconnect.Engine {
+	t.Helper()
+	engine, _, err := dbconnect.DetectEngine(context.Background(), db.DB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,11 +42,7 @@ func (e *env) procedurePath(t *testing.T) bool {
 // the procedure path.
 func testServerHasProcedures(t *testing.T, db *testdb.DB) bool {
 	t.Helper()
-	engine, _, err := dbconnect.DetectEngine(context.Background(), db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return engine.HasProcedures()
+	return engineOf(t, db).HasProcedures()
 }
 
 // TestExecutePrivilege: a gateway whose database user may not call the

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
@@ -160,11 +161,11 @@ func TestPollPlan(t *testing.T) {
 	db.Exec(t, "ANALYZE TABLE room_events")
 	now := time.Now().UTC().Truncate(time.Millisecond) // as the store passes it
 	explain := "EXPLAIN "
-	var version string
-	if err := db.QueryRow("SELECT VERSION()").Scan(&version); err != nil {
+	engine, _, err := dbconnect.DetectEngine(context.Background(), db.DB)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(version, "MariaDB") && !strings.Contains(version, "TiDB") {
+	if engine != dbconnect.MariaDB && engine != dbconnect.TiDB {
 		explain = "EXPLAIN FORMAT=TRADITIONAL " // MySQL 9 explains as a tree by default
 	}
 	rows, err := db.Query(explain+outbox.CandidatesSQL, now, now, scan)
@@ -192,7 +193,7 @@ func TestPollPlan(t *testing.T) {
 		plan = append(plan, row)
 		t.Log(strings.Join(line, " "))
 	}
-	if strings.Contains(version, "TiDB") {
+	if engine == dbconnect.TiDB {
 		expectTiDBPlan(t, plan)
 		return
 	}
