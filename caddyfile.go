@@ -15,8 +15,13 @@ import (
 
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("rocketchat_voip", parseCaddyfile)
-	// Before reverse_proxy, so users need no 'order' line.
-	httpcaddyfile.RegisterDirectiveOrder("rocketchat_voip", httpcaddyfile.Before, "reverse_proxy")
+	// Right after the auth directives (basic_auth, forward_auth), as an
+	// auth-like handler is placed: before handle, handle_path and route, so
+	// that a site whose proxy sits in one of those blocks still answers
+	// room.close here instead of forwarding it; before encode, intercept
+	// and templates, so that nothing rewrites Rocket.Chat's exact bodies;
+	// and after the operator's own access control. No 'order' line needed.
+	httpcaddyfile.RegisterDirectiveOrder("rocketchat_voip", httpcaddyfile.After, "forward_auth")
 }
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -40,11 +45,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    compat 6|7
 //	    max_open_conns <n>
 //	    db_concurrency <n>
+//	    max_staleness <duration> | off
+//	    when_stale unavailable|upstream
+//	    sync_source <name>
 //	}
 //
 // The parser reads the syntax; what values are valid is decided by
-// Validate, which it calls after each subdirective so that an error names
-// the line. A value of 0 means the default, as in JSON.
+// Validate, which it calls (all but what placeholders expand to, known only
+// where Caddy runs) after each subdirective so that an error names the
+// line. A value of 0 means the default, as in JSON.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
@@ -58,7 +67,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Err(err.Error())
 		}
 	}
-	if err := h.Validate(); err != nil {
+	if err := h.validateWritten(); err != nil {
 		return d.Err(err.Error())
 	}
 	return nil
@@ -93,6 +102,23 @@ func (h *Handler) unmarshalSubdirective(d *caddyfile.Dispenser) error {
 		h.MaxOpenConns, err = cfargs.Int(d)
 	case "db_concurrency":
 		h.DBConcurrency, err = cfargs.Int(d)
+	case "max_staleness":
+		var arg string
+		if arg, err = cfargs.One(d); err == nil {
+			if arg == "off" {
+				h.IgnoreStaleness = true
+			} else if v, perr := caddy.ParseDuration(arg); perr != nil {
+				err = d.Errf("max_staleness: not a duration nor off: %q", arg)
+			} else {
+				h.MaxStaleness = caddy.Duration(v)
+			}
+		}
+	case "when_stale":
+		h.WhenStale, err = cfargs.One(d)
+	case "sync_source":
+		h.SyncSource, err = cfargs.One(d)
+	case "unknown_credentials":
+		h.UnknownCredentials, err = cfargs.One(d)
 	default:
 		return d.Errf("unrecognized subdirective %q", name)
 	}

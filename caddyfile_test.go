@@ -65,6 +65,10 @@ func TestCaddyfileValid(t *testing.T) {
 		{"limiter off, compat 7, decimal size", "rocketchat_voip {\n dsn x@/y\n rate_limit off\n compat 7\n max_body 512KB\n}", `{"compat":7,"dsn":"x@/y","handler":"rocketchat_voip","max_body":512000,"rate_limit":{"off":true}}`},
 		{"several servers", "rocketchat_voip {\n dsn \"gw@tcp(db1:3306,db2:3306)/rc\"\n}", `{"dsn":"gw@tcp(db1:3306,db2:3306)/rc","handler":"rocketchat_voip"}`},
 		{"require_database", "rocketchat_voip {\n dsn x@/y\n require_database\n}", `{"dsn":"x@/y","handler":"rocketchat_voip","require_database":true}`},
+		{"freshness", "rocketchat_voip {\n dsn x@/y\n max_staleness 90s\n when_stale upstream\n sync_source rc2\n}",
+			`{"dsn":"x@/y","handler":"rocketchat_voip","max_staleness":90000000000,"sync_source":"rc2","when_stale":"upstream"}`},
+		{"max_staleness off", "rocketchat_voip {\n dsn x@/y\n max_staleness off\n}", `{"dsn":"x@/y","handler":"rocketchat_voip","ignore_staleness":true}`},
+		{"unknown_credentials upstream", "rocketchat_voip {\n dsn x@/y\n unknown_credentials upstream\n}", `{"dsn":"x@/y","handler":"rocketchat_voip","unknown_credentials":"upstream"}`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -118,6 +122,11 @@ func TestConfigRules(t *testing.T) {
 		name, caddyfile, json, want string // want "" means accepted
 	}{
 		{"max_body 0 is the default", "max_body 0", `"max_body":0`, ""},
+		{"negative max_staleness", "max_staleness -1s", `"max_staleness":-1000000000`, "max_staleness: must not be negative"},
+		{"max_staleness off and a duration", "max_staleness 1m\n max_staleness off", `"max_staleness":60000000000,"ignore_staleness":true`, "max_staleness: off takes no duration"},
+		{"when_stale other", "when_stale forward", `"when_stale":"forward"`, `when_stale: must be unavailable or upstream, not "forward"`},
+		{"unknown_credentials other", "unknown_credentials pass", `"unknown_credentials":"pass"`, `unknown_credentials: must be unauthorized or upstream, not "pass"`},
+		{"unknown_credentials unauthorized", "unknown_credentials unauthorized", `"unknown_credentials":"unauthorized"`, ""},
 		{"max_body 8 MiB", "max_body 8MiB", `"max_body":8388608`, ""},
 		{"max_body over 8 MiB", "max_body 8388609", `"max_body":8388609`, "max_body: must be between 1 byte and 8 MiB"},
 		{"body_budget 0 is the default", "body_budget 0", `"body_budget":0`, ""},
@@ -163,54 +172,22 @@ func TestConfigRules(t *testing.T) {
 	}
 }
 
-// The outbox app's global option adapts to its JSON, and its errors name
-// the line.
-func TestOutboxOption(t *testing.T) {
-	out, err := testcaddy.Adapt(`{
-	rocketchat_voip_outbox {
-		dsn x@/y
-		webhook https://crm.example.com/hooks/voip {
-			secret {env.SECRET}
-			timeout 5s
-		}
-		max_attempts 4
-		backoff 2s 1m
-		batch 32
-		lease 20s
-		poll_interval 100ms
-	}
-}
-:8080 {
-	respond ok
-}
-`)
+// rocketchat_voip_health takes a matcher and a dsn, ahead of reverse_proxy
+// with no order line; without a dsn it is refused at its line.
+func TestHealthCaddyfile(t *testing.T) {
+	out, err := testcaddy.Adapt(":8080 {\nreverse_proxy 127.0.0.1:3000\nrocketchat_voip_health /healthz {\n\tdsn \"gw:pw@tcp(db:3306)/rc\"\n}\n}\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cfg struct {
-		Apps map[string]json.RawMessage `json:"apps"`
+	want := `{"match":[{"path":["/healthz"]}],"handle":[{"dsn":"gw:pw@tcp(db:3306)/rc","handler":"rocketchat_voip_health"}]}`
+	if !strings.Contains(string(out), want) {
+		t.Fatalf("adapted to %s, want it to contain %s", out, want)
 	}
-	if err := json.Unmarshal(out, &cfg); err != nil {
-		t.Fatal(err)
+	if first, proxy := strings.Index(string(out), "rocketchat_voip_health"), strings.Index(string(out), "reverse_proxy"); first < 0 || proxy < first {
+		t.Fatalf("health check not ahead of reverse_proxy: %s", out)
 	}
-	want := `{"dsn":"x@/y","webhook":{"url":"https://crm.example.com/hooks/voip","secret":"{env.SECRET}","timeout":5000000000},"max_attempts":4,"backoff_base":2000000000,"backoff_max":60000000000,"batch":32,"lease":20000000000,"poll_interval":100000000}`
-	if got := string(cfg.Apps["rocketchat_voip_outbox"]); got != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
-	}
-	for _, c := range []struct{ name, block, want string }{
-		{"no webhook", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t}", "webhook is required"},
-		{"bad duration", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tlease soon\n\t}", `lease: not a duration: "soon"`},
-		{"lease shorter than the timeout", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/ {\n\t\t\ttimeout 30s\n\t\t}\n\t\tlease 10s\n\t}", "lease: 10s must be longer than the webhook timeout (30s)"},
-		// Checked against the default lease (30s), not only when both are written.
-		{"a timeout past the default lease", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/ {\n\t\t\ttimeout 60s\n\t\t}\n\t}", "lease: 30s must be longer than the webhook timeout (1m0s)"},
-		{"extra arguments", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tmax_attempts 4 5\n\t}", "wrong argument count"},
-		{"a negative batch", "rocketchat_voip_outbox {\n\t\tdsn x@/y\n\t\twebhook http://h/\n\t\tbatch -1\n\t}", "batch: must not be negative"},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			_, err := testcaddy.Adapt("{\n\t" + c.block + "\n}\n:8080 {\n\trespond ok\n}\n")
-			if err == nil || !strings.Contains(err.Error(), c.want) || !regexp.MustCompile(`Caddyfile:\d+`).MatchString(err.Error()) {
-				t.Fatalf("got %v, want an error naming the line and containing %q", err, c.want)
-			}
-		})
+	_, err = testcaddy.Adapt(":8080 {\nrocketchat_voip_health /healthz {\n}\n}\n")
+	if err == nil || !strings.Contains(err.Error(), "dsn is required, at Caddyfile:3") {
+		t.Fatalf("no dsn: %v", err)
 	}
 }

@@ -16,8 +16,11 @@ import (
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/rcsync"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
+	// The sync app comes with the handler (and its 'sync' subcommands here).
+	_ "github.com/edgevoip/caddy-rocketchat-voip/syncapp"
 )
 
 // dsnEnv is read when --dsn is not given, so that a password need not
@@ -27,7 +30,7 @@ const dsnEnv = "ROCKETCHAT_VOIP_DSN"
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "rocketchat-voip",
-		Usage: "migrate|check|outbox|hash-token [--dsn <dsn>]",
+		Usage: "migrate|check|outbox|sync|hash-token|version [--dsn <dsn>]",
 		Short: "Manage the rocketchat_voip module's MySQL schema and tokens",
 		Long: `
 Commands of the rocketchat_voip handler:
@@ -35,11 +38,13 @@ Commands of the rocketchat_voip handler:
   migrate      apply the embedded schema migrations (--status: only show the version)
   check        verify that a database is ready for the gateway
   outbox       show the outbox's delivery status (status), or send events again (replay)
+  sync         show the Rocket.Chat sync's state (status), or ask it for a new snapshot (snapshot)
   hash-token   print Rocket.Chat's hash of a login token read from stdin
+  version      print the module's version and the schema version it needs
 
 The DSN is taken from --dsn, or else from $` + dsnEnv + `.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(migrateCommand(), checkCommand(), outboxCommand(), hashTokenCommand())
+			cmd.AddCommand(migrateCommand(), checkCommand(), outboxCommand(), syncCommand(), hashTokenCommand(), versionCommand())
 		},
 	})
 }
@@ -65,9 +70,9 @@ func openFromFlags(c *cobra.Command) (*sql.DB, string, error) {
 	return db, cfg.String(), err
 }
 
-// withDatabase runs fn with the pool named by --dsn (or the environment),
+// withDSN runs fn with the pool named by --dsn (or the environment),
 // its description without credentials, and a context bounded by timeout.
-func withDatabase(timeout time.Duration, fn func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error) func(*cobra.Command, []string) error {
+func withDSN(timeout time.Duration, fn func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error) func(*cobra.Command, []string) error {
 	return func(c *cobra.Command, _ []string) error {
 		db, where, err := openFromFlags(c)
 		if err != nil {
@@ -85,7 +90,7 @@ func migrateCommand() *cobra.Command {
 		Use:   "migrate [--dsn <dsn>] [--status]",
 		Short: "Apply the embedded schema migrations (idempotent)",
 		Args:  cobra.NoArgs,
-		RunE: withDatabase(5*time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+		RunE: withDSN(5*time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			if status, _ := c.Flags().GetBool("status"); status {
 				v, err := schema.Version(ctx, db)
 				if err != nil {
@@ -119,7 +124,7 @@ func checkCommand() *cobra.Command {
 		Use:   "check [--dsn <dsn>]",
 		Short: "Check that a database is ready: reachable, schema current, the close's procedure callable, permission rows present",
 		Args:  cobra.NoArgs,
-		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+		RunE: withDSN(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			// openFromFlags has connected: an unreachable database never gets
 			// here (see unreachableProblem).
 			writePath, problems := checkDatabase(ctx, db)
@@ -166,6 +171,8 @@ func checkDatabase(ctx context.Context, db *sql.DB) (writePath string, problems 
 		writePath = path.String()
 		if path.Engine.HasProcedures() && !path.Procedure {
 			problems = append(problems, "closes would take the slower portable path: "+path.Why)
+		} else if path.Procedure && !path.FastClose {
+			problems = append(problems, "a recent closer's close would take two round trips, not one: "+path.FastWhy)
 		}
 	}
 	for _, perm := range []string{store.PermissionInboundVoipCalls, store.PermissionBypassRateLimitAPI} {
@@ -179,6 +186,21 @@ func checkDatabase(ctx context.Context, db *sql.DB) (writePath string, problems 
 		}
 	}
 	return writePath, problems
+}
+
+func versionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the module's version, the schema version it needs, and the version Go recorded for the module",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			fmt.Fprintf(c.OutOrStdout(), "rocketchat_voip %s (schema version %d)\n", Version, SchemaVersion())
+			if v := moduleBuildVersion(); v != "" {
+				fmt.Fprintf(c.OutOrStdout(), "built as %s %s\n", modulePath, v)
+			}
+			return nil
+		},
+	}
 }
 
 func hashTokenCommand() *cobra.Command {
@@ -204,6 +226,22 @@ read from stdin so that it never appears in a shell history or process list.`,
 	}
 }
 
+// recentLagEvents is how many of the latest delivered events 'outbox
+// status' reads for the delivery lag: a few ms of index and row reads.
+const recentLagEvents = 1000
+
+// roundLag rounds a lag to what a reader compares: ms under a second,
+// tenths of seconds under a minute, seconds beyond.
+func roundLag(d time.Duration) time.Duration {
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond)
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
+
 func outboxCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "outbox status|replay",
@@ -211,9 +249,9 @@ func outboxCommand() *cobra.Command {
 	}
 	status := &cobra.Command{
 		Use:   "status [--dsn <dsn>]",
-		Short: "Print how many events are pending and parked, and the oldest pending",
+		Short: "Print how many events are pending and parked, the oldest pending, and the latest deliveries' lag",
 		Args:  cobra.NoArgs,
-		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+		RunE: withDSN(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			st, err := outbox.ReadStatus(ctx, db)
 			if err != nil {
 				return err
@@ -223,6 +261,16 @@ func outboxCommand() *cobra.Command {
 				oldest = fmt.Sprintf("%s (%s ago)", st.OldestPending.Format(time.RFC3339), time.Since(st.OldestPending).Round(time.Second))
 			}
 			fmt.Fprintf(c.OutOrStdout(), "%s: pending %d, parked %d, oldest pending %s\n", where, st.Pending, st.Parked, oldest)
+			lag, err := outbox.RecentLag(ctx, db, recentLagEvents)
+			if err != nil {
+				return err
+			}
+			if lag.N == 0 {
+				fmt.Fprintln(c.OutOrStdout(), "delivery lag (close to delivery): none delivered")
+				return nil
+			}
+			fmt.Fprintf(c.OutOrStdout(), "delivery lag (close to delivery) of the last %d delivered, %s to %s: p50 %s, p99 %s, max %s\n",
+				lag.N, lag.First.Format(time.RFC3339), lag.Last.Format(time.RFC3339), roundLag(lag.P50), roundLag(lag.P99), roundLag(lag.Max))
 			return nil
 		}),
 	}
@@ -239,7 +287,7 @@ rocketchat_voip_outbox app delivers them once more:
                 so, and exits 1 after replaying the rest)
   both          the parked events from this id on`,
 		Args: cobra.NoArgs,
-		RunE: withDatabase(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+		RunE: withDSN(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
 			parked, _ := c.Flags().GetBool("parked")
 			from, _ := c.Flags().GetInt64("from")
 			if !parked && !c.Flags().Changed("from") {
@@ -267,5 +315,53 @@ rocketchat_voip_outbox app delivers them once more:
 	replay.Flags().Bool("parked", false, "replay the parked events")
 	replay.Flags().Int64("from", 0, "replay every event from this id on")
 	c.AddCommand(status, replay)
+	return c
+}
+
+func syncCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "sync status|snapshot",
+		Short: "Show or steer the rocketchat_voip_sync app (Rocket.Chat's MongoDB into MySQL)",
+	}
+	status := &cobra.Command{
+		Use:   "status [--dsn <dsn>] [--source <name>]",
+		Short: "Print the sync's phase, leader, freshness, last error, and the write-back's counts",
+		Args:  cobra.NoArgs,
+		RunE: withDSN(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+			source, _ := c.Flags().GetString("source")
+			st, err := rcsync.ReadStatus(ctx, db, source)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: %s", where, st)
+			if st.State == nil {
+				return errors.New("the sync has not run against this database")
+			}
+			return nil
+		}),
+	}
+	addDSNFlag(status)
+	snapshot := &cobra.Command{
+		Use:   "snapshot [--dsn <dsn>] [--source <name>]",
+		Short: "Make the sync's leader read everything again, then remove the rows Rocket.Chat no longer has",
+		Long: `Marks the sync for a new snapshot: the gateway that leads it reads every
+document of interest again (resumably), then sweeps the rows whose documents
+are gone, and follows again. Until it has finished, the gateways' freshness
+check (max_staleness) counts the data as stale.`,
+		Args: cobra.NoArgs,
+		RunE: withDSN(time.Minute, func(ctx context.Context, c *cobra.Command, db *sql.DB, where string) error {
+			source, _ := c.Flags().GetString("source")
+			if err := rcsync.RequestSnapshot(ctx, db, source); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "%s: a snapshot of %q will start at the leader's next round\n", where, source)
+			return nil
+		}),
+	}
+	addDSNFlag(snapshot)
+	for _, sub := range []*cobra.Command{status, snapshot} {
+		sub.Flags().String("source", "rocketchat", "the sync's source name (the app's 'source')")
+	}
+	c.AddCommand(status, snapshot)
 	return c
 }

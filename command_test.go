@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -19,7 +21,7 @@ import (
 func run(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "rocketchat-voip", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(migrateCommand(), checkCommand(), hashTokenCommand())
+	root.AddCommand(migrateCommand(), checkCommand(), syncCommand(), hashTokenCommand(), versionCommand())
 	var out bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&out)
@@ -95,7 +97,13 @@ func TestCommandCheckProcedure(t *testing.T) {
 		t.Fatalf("check without EXECUTE: %v %q", err, out)
 	}
 	db.Exec(t, "GRANT EXECUTE ON PROCEDURE "+db.Name+"."+store.CloseProcedure+" TO '"+user+"'@'%'")
-	if out, err = run(t, "", "check", "--dsn", userDSN); err != nil || !strings.Contains(out, "ok (schema version") {
+	if out, err = run(t, "", "check", "--dsn", userDSN); err == nil ||
+		!strings.Contains(out, "problem: a recent closer's close would take two round trips, not one: the database user lacks the EXECUTE privilege on the procedure "+store.FastCloseProcedure) {
+		t.Fatalf("check with EXECUTE on %s alone: %v %q", store.CloseProcedure, err, out)
+	}
+	db.Exec(t, "GRANT EXECUTE ON PROCEDURE "+db.Name+"."+store.FastCloseProcedure+" TO '"+user+"'@'%'")
+	if out, err = run(t, "", "check", "--dsn", userDSN); err != nil || !strings.Contains(out, "ok (schema version") ||
+		!strings.Contains(out, "and by "+store.FastCloseProcedure) {
 		t.Fatalf("check with EXECUTE: %v %q", err, out)
 	}
 	db.Exec(t, "DROP PROCEDURE "+store.CloseProcedure)
@@ -136,5 +144,60 @@ func TestCommandHashTokenAndHelp(t *testing.T) {
 		if err != nil || !strings.Contains(out, "Usage:") || (sub != "hash-token" && !strings.Contains(out, "--dsn")) {
 			t.Errorf("%s --help: %v %q", sub, err, out)
 		}
+	}
+}
+
+// The version the module reports is a v0.x.y release that CHANGELOG.md
+// records, printed beside the schema version this build migrates to.
+func TestCommandVersion(t *testing.T) {
+	out, err := run(t, "", "version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(out, "\n")
+	if want := fmt.Sprintf("rocketchat_voip %s (schema version %d)", Version, schema.Latest()); first != want {
+		t.Fatalf("version printed %q, want %q", first, want)
+	}
+	if !regexp.MustCompile(`^v0\.\d+\.\d+$`).MatchString(Version) {
+		t.Errorf("Version %q is not a v0.x.y release", Version)
+	}
+	changelog, err := os.ReadFile("CHANGELOG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(changelog), "\n## ["+Version+"] - ") {
+		t.Errorf("CHANGELOG.md has no section for %s", Version)
+	}
+	if !strings.Contains(string(changelog), "\n## [Unreleased]\n") {
+		t.Error("CHANGELOG.md has no Unreleased section")
+	}
+}
+
+func TestCommandSyncStatusSnapshot(t *testing.T) {
+	t.Setenv(dsnEnv, "")
+	db := testdb.New(t)
+	if out, err := run(t, "", "sync", "status", "--dsn", db.DSN); err == nil || !strings.Contains(out, "never ran") {
+		t.Fatalf("status before the sync ran: %v %q", err, out)
+	}
+	db.Exec(t, `INSERT INTO sync_state (source, phase, cursors, caught_up_at, reconciled_at, last_error, updated_at)
+		VALUES ('rocketchat', 'poll', '{}', NOW(3) - INTERVAL 2 SECOND, NOW(3) - INTERVAL 30 SECOND, 'mongodb: reading users: timeout', NOW(3))`)
+	db.Exec(t, `INSERT INTO sync_lease (name, owner, lease_until) VALUES ('rocketchat', 'gw-a/1/ff', NOW(3) + INTERVAL 10 SECOND)`)
+	db.Exec(t, `INSERT INTO rocketchat_writeback (event_id, rid, state, next_attempt_at, updated_at) VALUES
+		(1, 'r1', 'done', NOW(3), NOW(3)), (2, 'r2', 'conflict', NOW(3), NOW(3)), (3, 'r3', 'pending', NOW(3), NOW(3))`)
+	out, err := run(t, "", "sync", "status", "--dsn", db.DSN)
+	for _, want := range []string{"phase poll, mode poll", "leader         gw-a/1/ff (lease ", "staleness      30.",
+		"last error     mongodb: reading users: timeout", "write-back     pending 1, done 1, conflict 1, parked 0"} {
+		if err != nil || !strings.Contains(out, want) {
+			t.Fatalf("status: %v, no %q in\n%s", err, want, out)
+		}
+	}
+	if out, err := run(t, "", "sync", "snapshot", "--dsn", db.DSN); err != nil || !strings.Contains(out, "a snapshot of \"rocketchat\" will start") {
+		t.Fatalf("snapshot: %v %q", err, out)
+	}
+	if n := db.Count(t, "sync_state WHERE phase = 'snapshot' AND snapshot_coll IS NULL"); n != 1 {
+		t.Fatal("snapshot did not mark the state")
+	}
+	if out, err := run(t, "", "sync", "status", "--dsn", db.DSN); err != nil || !strings.Contains(out, "staleness      unknown") {
+		t.Fatalf("status during a snapshot: %v %q", err, out)
 	}
 }

@@ -16,27 +16,30 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/params"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
 // Outcome names one row of the contract table (and the extra rows of the
 // gateway's own). They are the values of {http.rocketchat_voip.outcome}.
 const (
-	OutcomeClosed         = "closed"
-	OutcomeUnauthorized   = "unauthorized"
-	OutcomeRateLimited    = "rate_limited"
-	OutcomeInvalidParams  = "invalid_params"
-	OutcomeForbidden      = "forbidden"
-	OutcomeInvalidToken   = "invalid_token"
-	OutcomeInvalidRoom    = "invalid_room"
-	OutcomeRoomClosed     = "room_closed"
-	OutcomeTooLarge       = "too_large"
-	OutcomeUnreadableBody = "unreadable_body"
-	OutcomeUnavailable    = "unavailable"   // the database failed, or was slower than db_timeout, on a request that had a slot
-	OutcomeOverloaded     = "overloaded"    // shed: the database slots stayed busy for all or most of db_timeout
-	OutcomeBodyBudget     = "body_budget"   // shed: body_budget stayed in use for as long as a request waits for it
-	OutcomeClientClosed   = "client_closed" // the client hung up before the answer; nginx's 499
-	OutcomeInternalError  = "internal_error"
+	OutcomeClosed          = "closed"
+	OutcomeUnauthorized    = "unauthorized"
+	OutcomeRateLimited     = "rate_limited"
+	OutcomeInvalidParams   = "invalid_params"
+	OutcomeForbidden       = "forbidden"
+	OutcomeInvalidToken    = "invalid_token"
+	OutcomeInvalidRoom     = "invalid_room"
+	OutcomeRoomClosed      = "room_closed"
+	OutcomeTooLarge        = "too_large"
+	OutcomeUnreadableBody  = "unreadable_body"
+	OutcomeUnavailable     = "unavailable"      // the database failed, or was slower than db_timeout, on a request that had a slot
+	OutcomeOverloaded      = "overloaded"       // shed: the database slots stayed busy for all or most of db_timeout
+	OutcomeBodyBudget      = "body_budget"      // shed: body_budget stayed in use for as long as a request waits for it
+	OutcomeStale           = "stale"            // the data a sync keeps is older than max_staleness
+	OutcomeUnknownUpstream = "unknown_upstream" // credentials unknown to MySQL, passed to the next handler (unknown_credentials upstream)
+	OutcomeClientClosed    = "client_closed"    // the client hung up before the answer; nginx's 499
+	OutcomeInternalError   = "internal_error"
 )
 
 // outcomes lists every Outcome, so that each metric series exists (at 0)
@@ -44,7 +47,8 @@ const (
 var outcomes = []string{
 	OutcomeClosed, OutcomeUnauthorized, OutcomeRateLimited, OutcomeInvalidParams, OutcomeForbidden,
 	OutcomeInvalidToken, OutcomeInvalidRoom, OutcomeRoomClosed, OutcomeTooLarge, OutcomeUnreadableBody,
-	OutcomeUnavailable, OutcomeOverloaded, OutcomeBodyBudget, OutcomeClientClosed, OutcomeInternalError,
+	OutcomeUnavailable, OutcomeOverloaded, OutcomeBodyBudget, OutcomeStale, OutcomeUnknownUpstream, OutcomeClientClosed,
+	OutcomeInternalError,
 }
 
 // Placeholders set on every handled request.
@@ -60,8 +64,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.Method != http.MethodPost || r.URL.Path != h.Path || hasEncodedSlash(r.URL.RawPath) {
 		return next.ServeHTTP(w, r)
 	}
-	h.serveRoomClose(w, r)
-	return nil
+	if stale, err := h.serveIfStale(w, r, func() error { return next.ServeHTTP(w, r) }); stale {
+		return err
+	}
+	return h.serveRoomClose(w, r, next)
 }
 
 // requestState is what one handled request learned, for the response, the
@@ -77,6 +83,9 @@ type requestState struct {
 	userID        string
 	rid           string
 	err           error
+	// nextErr: what the next handler returned, when it answered the request
+	// (outcome unknown_upstream).
+	nextErr error
 }
 
 // reply is a handled request's answer.
@@ -100,177 +109,233 @@ var (
 	replyInternalError = reply{http.StatusInternalServerError, OutcomeInternalError, bodyInternalError}
 )
 
-func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request) {
+func (h *Handler) serveRoomClose(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	st := &requestState{start: time.Now()}
 	defer h.finish(r, st)
-	rep := h.answer(w, r, st)
+	rep := h.answer(w, r, st, next)
 	st.outcome = rep.outcome
+	if rep.outcome == OutcomeUnknownUpstream {
+		return st.nextErr
+	}
 	writeJSON(w, rep.status, rep.body)
+	return nil
 }
 
 // answer is roomClose with a panic turned into a 500.
-func (h *Handler) answer(w http.ResponseWriter, r *http.Request, st *requestState) (rep reply) {
+func (h *Handler) answer(w http.ResponseWriter, r *http.Request, st *requestState, next caddyhttp.Handler) (rep reply) {
 	defer func() {
 		if rec := recover(); rec != nil {
 			h.logger.Error("panic while handling room.close", zap.Any("panic", rec), zap.Stack("stack"))
 			rep = replyInternalError
 		}
 	}()
-	return h.roomClose(w, r, st)
+	return h.roomClose(w, r, st, next)
 }
 
 // roomClose is the contract, in Rocket.Chat's order of checks: 413 first
 // (its body parser runs before the route), then 401, 429, 400, 403 and the
-// close.
+// close. Each step answers the request by returning (reply, true).
 //
 // Only credentials that recently closed a room here have their body read
-// first, so that credentials and room are read in one query. Any other
-// request is authenticated before its body is read: a 401 or 429 does not
-// depend on the body once its Content-Length is within max_body, so a flood
-// of made-up credentials costs one indexed query each and never the memory
-// of its bodies (docs/contract.md, "Body reading").
-func (h *Handler) roomClose(w http.ResponseWriter, r *http.Request, st *requestState) reply {
+// first, so that credentials and room are read in one query, with one
+// database slot. Any other request is authenticated and rate limited before
+// its body is read: a 401 or 429 does not depend on the body once its
+// Content-Length is within max_body, so a flood of made-up credentials
+// costs one indexed query each and never the memory of its bodies
+// (docs/contract.md, "Body reading").
+func (h *Handler) roomClose(w http.ResponseWriter, r *http.Request, st *requestState, next caddyhttp.Handler) reply {
 	if r.ContentLength > h.MaxBody {
 		return replyTooLarge
 	}
-	// Credentials that can name no login token cost no query.
 	userID, token := singleHeader(r.Header, "X-User-Id"), singleHeader(r.Header, "X-Auth-Token")
 	if !store.Askable(userID, token) {
+		// 401 with no query: these credentials can name no login token.
 		return h.beforeBody(w, r, st, h.replyUnauthorized)
 	}
-	hashed := store.HashLoginToken(token) // the token itself goes no further
-	if h.db.Closers().Has(userID, hashed) {
-		st.authenticated = true
-		return h.closeBodyFirst(w, r, st, userID, hashed)
-	}
-	return h.closeAuthenticatedFirst(w, r, st, userID, hashed)
-}
-
-// closeBodyFirst reads the body, then authenticates (with the room in the
-// same query when the body is valid) and closes, holding one database slot.
-func (h *Handler) closeBodyFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, hashed string) reply {
-	body, release, rep := h.readBody(w, r, st)
-	if release == nil {
-		return rep
-	}
-	defer release()
-	// The body is parsed before any I/O so that, when it is valid, the
-	// credentials and the room can be read together; its error is answered
-	// in its turn, after authentication and the rate limit.
-	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
-
-	return h.withDatabase(r, st, func(ctx context.Context, db *dbSession) reply {
-		user, err := db.authenticate(ctx, userID, hashed, p, invalid == nil)
-		if errors.Is(err, store.ErrUnauthorized) {
-			return h.replyUnauthorized
-		} else if err != nil {
-			return db.failed(err)
-		}
-		st.userID = user.ID
-		if limited, rep := h.rateLimit(w, r, user); limited {
+	c := h.newCloseRequest(w, r, st, next, userID, store.HashLoginToken(token)) // the token itself goes no further
+	defer c.end()
+	if c.knownCloser {
+		if rep, answered := c.readBody(); answered {
 			return rep
 		}
-		if rep, ok := checkParams(st, user, p, invalid); !ok {
-			return rep
+		if rep, answered := c.fastClose(); answered {
+			return rep // 200 in one round trip, or 503
 		}
-		return closeRoom(ctx, db, user, p)
-	})
+	}
+	if rep, answered := c.authenticate(); answered {
+		return rep // 401, or passed on (unknown_credentials upstream)
+	}
+	if rep, answered := c.rateLimit(); answered {
+		return rep // 429
+	}
+	if rep, answered := c.readBody(); answered {
+		return rep // unless read first
+	}
+	if rep, answered := c.checkBody(); answered {
+		return rep // 400 invalid-params
+	}
+	if rep, answered := c.checkPermission(); answered {
+		return rep // 403
+	}
+	return c.closeRoom() // 200, or 400 for the visitor or the room
 }
 
-// closeAuthenticatedFirst authenticates and applies the rate limit before
-// the body is read, then reads the body and, for a valid one from a user
-// who may close rooms, reads the room and closes it. The database slot is
-// not held while the body arrives.
-func (h *Handler) closeAuthenticatedFirst(w http.ResponseWriter, r *http.Request, st *requestState, userID, hashed string) reply {
-	var user store.User
-	rep := h.withDatabase(r, st, func(ctx context.Context, db *dbSession) reply {
-		var err error
-		user, err = db.authenticate(ctx, userID, hashed, params.Params{}, false)
-		if errors.Is(err, store.ErrUnauthorized) {
-			return h.replyUnauthorized
-		} else if err != nil {
-			return db.failed(err)
+// closeRequest is one handled request on its way through roomClose's steps.
+type closeRequest struct {
+	h    *Handler
+	w    http.ResponseWriter
+	r    *http.Request
+	st   *requestState
+	db   *dbSession
+	next caddyhttp.Handler
+
+	userID, hashed string
+	// knownCloser: the credentials recently closed a room here (they are
+	// not yet checked: a 401 is still possible).
+	knownCloser bool
+	user        store.User // once authenticated
+
+	body     heldBody // once read
+	bodyRead bool
+	p        params.Params
+	invalid  error // the body's, answered in its turn
+}
+
+func (h *Handler) newCloseRequest(w http.ResponseWriter, r *http.Request, st *requestState, next caddyhttp.Handler, userID, hashed string) *closeRequest {
+	c := &closeRequest{h: h, w: w, r: r, st: st, db: h.newDBSession(r, st), next: next, userID: userID, hashed: hashed}
+	c.knownCloser = h.db.Closers().Has(userID, hashed)
+	st.authenticated = c.knownCloser
+	return c
+}
+
+// end gives back what the request holds: its database slot and its body's
+// budget.
+func (c *closeRequest) end() {
+	c.db.letGo()
+	c.body.release()
+}
+
+// readBody reads and parses the body, once. The database slot is not held
+// while it arrives. A body that is not valid is answered in its turn, after
+// the credentials and the rate limit.
+func (c *closeRequest) readBody() (reply, bool) {
+	if c.bodyRead {
+		return reply{}, false
+	}
+	c.db.letGo()
+	body, rep, answered := c.h.readBody(c.w, c.r, c.st, c.userID)
+	if answered {
+		return rep, true
+	}
+	c.body, c.bodyRead = body, true
+	c.p, c.invalid = params.Parse(c.r.Header.Get("Content-Type"), body.bytes)
+	return reply{}, false
+}
+
+// beforeBody answers rep, which came before the body was read, if it was
+// not: the slot is given back first, since an unknown length is read to its
+// end (beforeBody's own).
+func (c *closeRequest) beforeBody(rep reply) (reply, bool) {
+	if c.bodyRead {
+		return rep, true
+	}
+	c.db.letGo()
+	return c.h.beforeBody(c.w, c.r, c.st, rep), true
+}
+
+// authenticate is step 1: the credentials must name a live login token. A
+// known closer's valid body has its room read in the same query.
+func (c *closeRequest) authenticate() (reply, bool) {
+	var err error
+	rep, answered := c.db.withDatabase(func(ctx context.Context) (reply, bool) {
+		if c.bodyRead && c.invalid == nil {
+			c.user, err = c.db.authenticateWithRoom(ctx, c.userID, c.hashed, c.p)
+		} else {
+			c.user, err = c.db.authenticate(ctx, c.userID, c.hashed)
 		}
-		return reply{}
-	})
-	if rep.outcome == OutcomeUnauthorized {
-		return h.beforeBody(w, r, st, rep)
-	} else if rep.outcome != "" {
-		return rep
-	}
-	st.userID, st.authenticated = user.ID, true
-	if limited, rep := h.rateLimit(w, r, user); limited {
-		return h.beforeBody(w, r, st, rep)
-	}
-
-	body, release, rep := h.readBody(w, r, st)
-	if release == nil {
-		return rep
-	}
-	defer release()
-	p, invalid := params.Parse(r.Header.Get("Content-Type"), body)
-	if rep, ok := checkParams(st, user, p, invalid); !ok {
-		return rep
-	}
-	// Both steps together stay within db_timeout.
-	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.DBTimeout)-st.dbTime)
-	defer cancel()
-	return h.withDatabase(r.WithContext(ctx), st, func(ctx context.Context, db *dbSession) reply {
-		return closeRoom(ctx, db, user, p)
-	})
-}
-
-// checkParams is steps 3 and 4: body validation, then permission.
-func checkParams(st *requestState, user store.User, p params.Params, invalid error) (reply, bool) {
-	if invalid != nil {
-		return reply{http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(invalid)}, false
-	}
-	st.rid = strings.Clone(p.Rid) // the log line outlives the body
-	if !user.CanCloseRooms {
-		return replyForbidden, false
-	}
-	return reply{}, true
-}
-
-// closeRoom is steps 5-8: visitor, room, close.
-func closeRoom(ctx context.Context, db *dbSession, user store.User, p params.Params) reply {
-	err := db.closeRoom(ctx, store.CloseRequest{
-		Rid:          p.Rid,
-		VisitorToken: p.Token,
-		Agent:        store.Agent{ID: user.ID, Username: user.Username, Name: user.Name},
-		Tags:         p.Tags,
-		Comment:      p.Comment,
+		if err != nil && !errors.Is(err, store.ErrUnauthorized) {
+			return c.db.failed(err), true
+		}
+		return reply{}, false
 	})
 	switch {
-	case err == nil:
-		return reply{http.StatusOK, OutcomeClosed, successBody(p.Rid)}
-	case errors.Is(err, store.ErrInvalidToken):
-		return replyInvalidToken
-	case errors.Is(err, store.ErrInvalidRoom):
-		return replyInvalidRoom
-	case errors.Is(err, store.ErrRoomClosed):
-		return replyRoomClosed
-	default:
-		return db.failed(err)
+	case answered:
+		return rep, true // the database failed, or the request was shed
+	case err != nil && c.h.UnknownCredentials == UnknownCredentialsUpstream:
+		return c.passOn()
+	case err != nil:
+		return c.beforeBody(c.h.replyUnauthorized)
 	}
+	c.st.userID, c.st.authenticated = c.user.ID, true
+	return reply{}, false
 }
 
-// rateLimit applies Rocket.Chat's API rate limit to an authenticated user,
-// setting its headers as Rocket.Chat spells them.
-func (h *Handler) rateLimit(w http.ResponseWriter, r *http.Request, user store.User) (limited bool, rep reply) {
-	if h.limiter == nil || user.BypassRateLimit {
-		return false, reply{}
+// rateLimit is step 2: Rocket.Chat's API rate limit, with its headers as
+// Rocket.Chat spells them.
+func (c *closeRequest) rateLimit() (reply, bool) {
+	limiter := c.h.limiter
+	if limiter == nil || c.user.BypassRateLimit {
+		return reply{}, false
 	}
-	d := h.limiter.Take(clientIP(r))
+	d := limiter.Take(clientIP(c.r))
+	setRateLimitHeaders(c.w, d)
+	if d.Allowed {
+		return reply{}, false
+	}
+	return c.beforeBody(reply{http.StatusTooManyRequests, OutcomeRateLimited, tooManyRequestsBody(d.RetryAfterSeconds(limiter.Now()))})
+}
+
+// setRateLimitHeaders sets the rate limit's headers as Rocket.Chat spells
+// them.
+func setRateLimitHeaders(w http.ResponseWriter, d ratelimit.Decision) {
 	// Set directly: Header().Set would write X-Ratelimit-*.
 	hdr := w.Header()
 	hdr["X-RateLimit-Limit"] = []string{strconv.Itoa(d.Limit)}
 	hdr["X-RateLimit-Remaining"] = []string{strconv.Itoa(d.Remaining)}
 	hdr["X-RateLimit-Reset"] = []string{strconv.FormatInt(d.Reset.UnixMilli(), 10)}
-	if d.Allowed {
-		return false, reply{}
+}
+
+// checkBody is step 3: the body must be valid.
+func (c *closeRequest) checkBody() (reply, bool) {
+	if c.invalid != nil {
+		return reply{http.StatusBadRequest, OutcomeInvalidParams, invalidParamsBody(c.invalid)}, true
 	}
-	return true, reply{http.StatusTooManyRequests, OutcomeRateLimited, tooManyRequestsBody(d.RetryAfterSeconds(h.limiter.Now()))}
+	c.st.rid = c.p.Rid
+	return reply{}, false
+}
+
+// checkPermission is step 4: the user must have inbound-voip-calls.
+func (c *closeRequest) checkPermission() (reply, bool) {
+	if !c.user.CanCloseRooms {
+		return replyForbidden, true
+	}
+	return reply{}, false
+}
+
+// closeRoom is steps 5-8: visitor, room, close.
+func (c *closeRequest) closeRoom() reply {
+	rep, _ := c.db.withDatabase(func(ctx context.Context) (reply, bool) {
+		err := c.db.closeRoom(ctx, store.CloseRequest{
+			Rid:          c.p.Rid,
+			VisitorToken: c.p.Token,
+			Agent:        store.Agent{ID: c.user.ID, Username: c.user.Username, Name: c.user.Name},
+			Tags:         c.p.Tags,
+			Comment:      c.p.Comment,
+		})
+		switch {
+		case err == nil:
+			return reply{http.StatusOK, OutcomeClosed, successBody(c.p.Rid)}, true
+		case errors.Is(err, store.ErrInvalidToken):
+			return replyInvalidToken, true
+		case errors.Is(err, store.ErrInvalidRoom):
+			return replyInvalidRoom, true
+		case errors.Is(err, store.ErrRoomClosed):
+			return replyRoomClosed, true
+		default:
+			return c.db.failed(err), true
+		}
+	})
+	return rep
 }
 
 // statusClientClosed is what the access log shows for a request whose client
@@ -279,9 +344,9 @@ const statusClientClosed = 499
 
 // finish sets the placeholders, counts the request and logs it: debug for
 // every request, warn for a failed read, error for a database failure, and
-// for requests shed under load one warn line a second at most, with their
-// count (an attack must not flood the log, nor page anyone about the
-// database). Tokens are never logged; user and room ids are not secrets.
+// for requests shed under load or whose body stalled one warn line a second
+// at most, with their count (an attack must not flood the log, nor page
+// anyone about the database). Tokens are never logged; user and room ids are not secrets.
 func (h *Handler) finish(r *http.Request, st *requestState) {
 	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 		repl.Set(placeholderOutcome, st.outcome)
@@ -297,7 +362,7 @@ func (h *Handler) finish(r *http.Request, st *requestState) {
 	switch {
 	case errors.Is(st.err, errDatabaseNotReady):
 		// The pool warns about it every few seconds, not per request.
-	case st.outcome == OutcomeOverloaded || st.outcome == OutcomeBodyBudget:
+	case st.outcome == OutcomeOverloaded || st.outcome == OutcomeBodyBudget || errors.Is(st.err, errBodyStalled):
 		h.shed.add(st.outcome)
 	case st.outcome == OutcomeUnavailable:
 		level, msg = zapcore.ErrorLevel, "room.close: database failure"
@@ -359,9 +424,12 @@ func (s *shedLog) flush() {
 
 func (s *shedLog) flushLocked() {
 	for outcome, n := range s.pending {
-		msg := "room.close: requests shed, every database slot stayed busy for their whole db_timeout"
-		if outcome == OutcomeBodyBudget {
+		msg := "room.close: requests shed, every database slot stayed busy for all or most of their db_timeout"
+		switch outcome {
+		case OutcomeBodyBudget:
 			msg = "room.close: requests shed, body_budget stayed in use while they waited for it"
+		case OutcomeUnreadableBody:
+			msg = "room.close: requests answered 400, their clients sent no bytes of the body for db_timeout"
 		}
 		s.logger.Warn(msg, zap.String("outcome", outcome), zap.Int("requests", n))
 	}

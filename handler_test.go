@@ -9,6 +9,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -46,6 +47,11 @@ type stubStore struct {
 	closeErr error  // from CloseRoom
 	panicIn  string // the method that panics
 	block    bool   // ReadCredentials waits for its context to end
+	// blockRoom: ReadRoom and ReadCredentialsAndRoom wait for their
+	// context to end.
+	blockRoom bool
+	// onReadCredentials runs in ReadCredentials, before it answers.
+	onReadCredentials func()
 
 	calls []string
 }
@@ -61,6 +67,9 @@ func (s *stubStore) Now() time.Time { return seamNow }
 
 func (s *stubStore) ReadCredentials(ctx context.Context, userID, hashedToken string) (store.Credentials, error) {
 	s.called("ReadCredentials")
+	if s.onReadCredentials != nil {
+		s.onReadCredentials()
+	}
 	if s.block {
 		<-ctx.Done()
 		return store.Credentials{}, ctx.Err()
@@ -70,11 +79,19 @@ func (s *stubStore) ReadCredentials(ctx context.Context, userID, hashedToken str
 
 func (s *stubStore) ReadCredentialsAndRoom(ctx context.Context, userID, hashedToken, rid, visitorToken string) (store.Credentials, store.Found, error) {
 	s.called("ReadCredentialsAndRoom")
+	if s.blockRoom {
+		<-ctx.Done()
+		return store.Credentials{}, store.Found{}, ctx.Err()
+	}
 	return s.creds, store.Found{}, s.readErr
 }
 
 func (s *stubStore) ReadRoom(ctx context.Context, rid, visitorToken string) (store.Found, error) {
 	s.called("ReadRoom")
+	if s.blockRoom {
+		<-ctx.Done()
+		return store.Found{}, ctx.Err()
+	}
 	return store.Found{}, s.roomErr
 }
 
@@ -87,6 +104,13 @@ func (s *stubStore) CloseRoom(ctx context.Context, req store.CloseRequest, f sto
 		return store.Result{RoundTrips: 3}, s.closeErr
 	}
 	return store.Result{RoundTrips: 5}, nil
+}
+
+func (s *stubStore) HasFastClose() bool { return false }
+
+func (s *stubStore) FastClose(ctx context.Context, req store.FastCloseRequest) (store.Result, error) {
+	s.called("FastClose")
+	return store.Result{}, store.ErrNotFast
 }
 
 // stubDatabase is a database holding a stubStore; it counts how often the
@@ -124,24 +148,23 @@ func credentialsOf(canClose, bypass bool) store.Credentials {
 	}
 }
 
-// seamHandler is a Handler as Provision leaves it, on db, with
+// seamHandler is a Handler wired as Provision wires it, on db, with
 // db_concurrency 1 and a rate limit of 5 a minute; logs go to the returned
 // observer.
-func seamHandler(t *testing.T, db database) (*Handler, *observer.ObservedLogs) {
+// configure, if given, sets fields of the config before its defaults.
+func seamHandler(t *testing.T, db database, configure ...func(*Handler)) (*Handler, *observer.ObservedLogs) {
 	t.Helper()
 	initMetrics()
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := &Handler{DSN: "stub", DBTimeout: caddy.Duration(300 * time.Millisecond), RateLimit: &RateLimit{Requests: 5, Window: caddy.Duration(time.Minute)}}
+	for _, f := range configure {
+		f(h)
+	}
 	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	h.logger = zap.New(core)
-	h.shed = &shedLog{logger: h.logger}
-	h.db = db
-	h.limiter = ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window))
-	h.dbLimit = dblimit.New(1, 1)
-	h.replyUnauthorized = reply{http.StatusUnauthorized, OutcomeUnauthorized, bodyUnauthorized6}
+	h.wire(zap.New(core), db, dblimit.New(1, 1), ratelimit.New(h.RateLimit.Requests, time.Duration(h.RateLimit.Window)))
 	return h, logs
 }
 
@@ -160,7 +183,7 @@ type nextFunc func(http.ResponseWriter, *http.Request) error
 
 func (f nextFunc) ServeHTTP(w http.ResponseWriter, r *http.Request) error { return f(w, r) }
 
-func closeRequest(userID, token, body string) *http.Request {
+func roomCloseRequest(userID, token, body string) *http.Request {
 	r := httptest.NewRequest(http.MethodPost, defaultPath, strings.NewReader(body))
 	r.Header.Set("Content-Type", "application/json")
 	if userID != "" {
@@ -267,7 +290,7 @@ func TestCheckOrder(t *testing.T) {
 					h.limiter.Take(seamClientIP)
 				}
 			}
-			w := serve(h, closeRequest(c.userID, c.token, c.body))
+			w := serve(h, roomCloseRequest(c.userID, c.token, c.body))
 			if w.Code != c.status || w.Body.String() != c.wantBody {
 				t.Fatalf("got %d %s\nwant %d %s", w.Code, w.Body.String(), c.status, c.wantBody)
 			}
@@ -351,6 +374,27 @@ func expectLog(t *testing.T, logs *observer.ObservedLogs, level zapcore.Level) {
 	}
 }
 
+// compat chooses the 401 body: Rocket.Chat 6's by default, 7's with
+// compat 7, whether the credentials cost a query or not.
+func TestUnauthorizedBodyFollowsCompat(t *testing.T) {
+	for compat, want := range map[int]string{
+		0: seamBody401,
+		6: seamBody401,
+		7: `{"success":false,"error":"You must be logged in to do this.","status":"error","message":"You must be logged in to do this."}`,
+	} {
+		stub := &stubStore{}
+		h, _ := seamHandler(t, &stubDatabase{store: stub, closers: closerhint.New()}, func(h *Handler) { h.Compat = compat })
+		for _, r := range []*http.Request{roomCloseRequest("", "", seamValidBody), roomCloseRequest(seamUserID, seamToken, seamValidBody)} {
+			if w := serve(h, r); w.Code != 401 || w.Body.String() != want {
+				t.Errorf("compat %d: got %d %s, want 401 %s", compat, w.Code, w.Body.String(), want)
+			}
+		}
+		if !slices.Equal(stub.calls, []string{"ReadCredentials"}) {
+			t.Errorf("compat %d: store calls %v", compat, stub.calls)
+		}
+	}
+}
+
 // A request whose db_concurrency slot does not come free within db_timeout
 // gets 503 without a statement run: shed (overloaded), not a database
 // failure, so its only lines are the debug one and, within a second, a
@@ -363,7 +407,7 @@ func TestWaitingForASlotTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	w := serve(h, closeRequest(seamUserID, seamToken, seamValidBody))
+	w := serve(h, roomCloseRequest(seamUserID, seamToken, seamValidBody))
 	if w.Code != 503 || w.Body.String() != seamBody503 || len(stub.calls) != 0 {
 		t.Fatalf("got %d %s, calls %v; want 503 and none", w.Code, w.Body.String(), stub.calls)
 	}
@@ -392,7 +436,7 @@ func TestClientGoneIsNotADatabaseFailure(t *testing.T) {
 	db := &stubDatabase{store: stub, closers: closerhint.New()}
 	h, logs := seamHandler(t, db)
 	ctx, cancel := context.WithCancel(context.Background())
-	r := closeRequest(seamUserID, seamToken, seamValidBody).WithContext(ctx)
+	r := roomCloseRequest(seamUserID, seamToken, seamValidBody).WithContext(ctx)
 	time.AfterFunc(20*time.Millisecond, cancel)
 	w := serve(h, r)
 	if w.Code != statusClientClosed || w.Body.Len() != 0 {
@@ -424,7 +468,7 @@ func TestCloserHintChoosesTheQuery(t *testing.T) {
 	}
 	for _, s := range steps {
 		stub.calls, stub.creds = nil, credentialsOf(s.canClose, false)
-		w := serve(h, closeRequest(seamUserID, seamToken, s.body))
+		w := serve(h, roomCloseRequest(seamUserID, seamToken, s.body))
 		if w.Code != s.status || !slices.Equal(stub.calls, s.calls) {
 			t.Fatalf("%s: got %d, calls %v; want %d, %v", s.name, w.Code, stub.calls, s.status, s.calls)
 		}
@@ -455,5 +499,100 @@ func TestOtherRequestsPassThrough(t *testing.T) {
 	}
 	if len(stub.calls) != 0 || db.acquired != 0 {
 		t.Fatalf("passed-on requests used the database: %v, held %d times", stub.calls, db.acquired)
+	}
+}
+
+// A request that waited for its slot longer than it then held it, and ran
+// out of db_timeout on the database, is shed (overloaded), not a database
+// failure: no error line, and the adaptive bound is not halved. This holds
+// for a known closer (one slot held for the whole request) and for a first
+// close, whose room is read with a second slot after its body: there the
+// time left of db_timeout is the second slot's budget, which the client's
+// context knows nothing of.
+func TestStarvedForASlotIsShedNotFailed(t *testing.T) {
+	for _, known := range []bool{true, false} {
+		name := map[bool]string{true: "a known closer", false: "a first close"}[known]
+		t.Run(name, func(t *testing.T) {
+			stub := &stubStore{creds: credentialsOf(true, false), blockRoom: true}
+			db := &stubDatabase{store: stub, closers: closerhint.New()}
+			h, logs := seamHandler(t, db)
+			// Two slots, the bound above its floor of one, so that a
+			// failure would show as the bound halved.
+			h.dbLimit = dblimit.New(1, 2)
+			h.dbLimit.SetBounds(2, 2)
+			h.dbLimit.SetBounds(1, 2)
+			// Others take both slots and keep them for most of db_timeout,
+			// so the room's read waits long and then runs into the deadline.
+			holdBriefly := func() { time.AfterFunc(230*time.Millisecond, func() { h.dbLimit.Release(0, 0) }) }
+			take := func() {
+				if err := h.dbLimit.Acquire(context.Background()); err != nil {
+					t.Error(err)
+					return
+				}
+				holdBriefly()
+			}
+			if known {
+				db.closers.Add(seamUserID, store.HashLoginToken(seamToken))
+				take()
+				take()
+			} else {
+				// While the request holds one slot to read its credentials,
+				// another request takes the free one and a third queues
+				// for the request's own.
+				stub.onReadCredentials = func() {
+					take()
+					go take()
+					for h.dbLimit.Waiting() == 0 {
+						time.Sleep(time.Millisecond)
+					}
+				}
+			}
+			w := serve(h, roomCloseRequest(seamUserID, seamToken, seamValidBody))
+			if w.Code != 503 || w.Body.String() != seamBody503 {
+				t.Fatalf("got %d %s, want 503 %s", w.Code, w.Body.String(), seamBody503)
+			}
+			entries := logs.FilterMessage("room.close handled").All()
+			if len(entries) != 1 || entries[0].ContextMap()["outcome"] != OutcomeOverloaded {
+				t.Fatalf("logged %+v, want one debug line with outcome overloaded", logs.All())
+			}
+			if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 0 {
+				t.Fatalf("%d error lines for a shed request: %+v", n, logs.All())
+			}
+			if got := h.dbLimit.Limit(); got != 2 {
+				t.Fatalf("the bound is %d after a shed request, want 2 (not halved)", got)
+			}
+		})
+	}
+}
+
+// A body's budget is taken as its bytes arrive, not from the Content-Length
+// the client announces: a request announcing max_body and sending nothing
+// holds one first step, and everything goes back once it is answered.
+func TestBodyBudgetTakenAsBytesArrive(t *testing.T) {
+	stub := &stubStore{creds: credentialsOf(true, false)}
+	db := &stubDatabase{store: stub, closers: closerhint.New()}
+	h, _ := seamHandler(t, db)
+	db.closers.Add(seamUserID, store.HashLoginToken(seamToken)) // a known closer: the body comes first
+	body := seamValidBody[:len(seamValidBody)-1] + `,"options":{"comment":"` + strings.Repeat("c", 200<<10) + `"}}`
+	pr, pw := io.Pipe()
+	r := roomCloseRequest(seamUserID, seamToken, "")
+	r.Body, r.ContentLength = pr, int64(len(body))
+	answered := make(chan *httptest.ResponseRecorder)
+	go func() { answered <- serve(h, r) }()
+	for bodies.budget.Used() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if got := bodies.budget.Used(); got != firstBodyStep {
+		t.Fatalf("a body of which nothing arrived holds %d bytes of the budget, want %d", got, firstBodyStep)
+	}
+	if _, err := io.WriteString(pw, body); err != nil {
+		t.Fatal(err)
+	}
+	w := <-answered
+	if w.Code != 200 || w.Body.String() != `{"rid":"ROOM1","success":true}` {
+		t.Fatalf("got %d %s", w.Code, w.Body.String())
+	}
+	if got := bodies.budget.Used(); got != 0 {
+		t.Fatalf("%d bytes of the budget still held after the answer", got)
 	}
 }

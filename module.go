@@ -13,17 +13,17 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/ratelimit"
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/rcsync"
 	// The outbox app comes with the handler: xcaddy --with brings both.
 	_ "github.com/edgevoip/caddy-rocketchat-voip/outboxapp"
 )
@@ -42,12 +42,10 @@ const (
 	// maxMaxBody keeps every body's comment storable whole: messages.msg
 	// holds 16 MiB, and the close's statement must fit in MariaDB's default
 	// max_allowed_packet of 16 MiB (MySQL's and TiDB's are 64 MiB).
-	maxMaxBody           = 8 << 20
-	defaultBodyBudget    = 64 << 20
-	defaultDBTimeout     = 3 * time.Second
-	defaultCompat        = 6
-	defaultMaxOpenConns  = 64
-	defaultDBConcurrency = 8
+	maxMaxBody        = 8 << 20
+	defaultBodyBudget = 64 << 20
+	defaultDBTimeout  = 3 * time.Second
+	defaultCompat     = 6
 )
 
 // Handler answers Rocket.Chat's POST /api/v1/voip/room.close from MySQL and
@@ -69,7 +67,8 @@ const (
 // room_closed, too_large, unreadable_body, unavailable (the database failed
 // or was slower than db_timeout), overloaded (shed: every database slot
 // stayed busy for the whole db_timeout), body_budget (shed: no body_budget
-// free in time), client_closed and internal_error; it also labels the metrics
+// free in time), stale (max_staleness passed), client_closed and
+// internal_error; it also labels the metrics
 // caddy_rocketchat_voip_requests_total and
 // caddy_rocketchat_voip_request_duration_seconds.
 //
@@ -90,15 +89,15 @@ type Handler struct {
 	Migrate bool `json:"migrate,omitempty"`
 
 	// RequireDatabase fails the config load, at start and at every reload,
-	// when no server of the DSN answers, as the module did before it could
-	// start without its database. Without it (the default) the module
-	// starts degraded: other requests pass as ever, room.close answers 503
-	// until a server answers, and then is served with no reload. Set it
-	// where a Caddy without its database must not come up at all, for
-	// example behind a load balancer that should route only to edges that
-	// can close rooms. A server that answers and refuses (access denied,
-	// unknown database, missing privilege, outdated schema) fails the load
-	// either way.
+	// when no server of the DSN answers within 5 s. Without it (the default)
+	// a start waits at most half a second for the database, then serves
+	// degraded: other requests pass as ever, room.close answers 503 until a
+	// server answers, and then is served with no reload. Set it where a
+	// Caddy without its database must not come up at all. A server that
+	// answers in time and refuses (access denied, unknown database, missing
+	// privilege, outdated schema) fails the load either way; one that
+	// answers later and refuses is logged at error, and room.close answers
+	// 503 until it is fixed.
 	RequireDatabase bool `json:"require_database,omitempty"`
 
 	// Path is the exact request path that is handled. Default:
@@ -123,10 +122,14 @@ type Handler struct {
 	// BodyBudget caps the bytes of room.close request bodies held in memory
 	// at once by the whole process (every handler and config shares one
 	// budget; when handlers set different values, the largest applies). It
-	// must be at least max_body. A request whose body cannot get budget
-	// within db_timeout or 1s, whichever is shorter, gets 503 (outcome
-	// body_budget). Only requests from credentials that authenticated hold
-	// a body: others are answered before theirs is read. Default: 64 MiB.
+	// must be at least max_body. A body takes budget as its bytes arrive,
+	// and no user holds more than its share (the budget over the users
+	// holding some, at most half while one is alone, at least max_body). A
+	// request whose body cannot get budget within db_timeout or 1s,
+	// whichever is shorter, gets 503 (outcome body_budget); one whose
+	// client sends nothing for db_timeout gets 400 (unreadable_body). Only
+	// requests from credentials that authenticated hold a body: others are
+	// answered before theirs is read. Default: 64 MiB.
 	BodyBudget int64 `json:"body_budget,omitempty"`
 
 	// DBTimeout bounds the database work of one request, COMMIT included;
@@ -138,10 +141,11 @@ type Handler struct {
 	Compat int `json:"compat,omitempty"`
 
 	// MaxOpenConns caps the connections of the pool shared by every handler
-	// with the same DSN. It is the pool's setting, as DBConcurrency is:
-	// handlers of one config that share a DSN must give both the same
-	// values (after defaults), or the load fails naming them; a reload
-	// applies the new config's. Default: 64.
+	// with the same DSN. It is the pool's setting, as DBConcurrency is: the
+	// handlers of one config that state it must state the same value (or
+	// the load fails, naming them), and a handler that leaves it unset has
+	// no say. A reload applies the new config's once it starts. Default:
+	// 64.
 	MaxOpenConns int `json:"max_open_conns,omitempty"`
 
 	// DBConcurrency bounds the handled requests that work on the database
@@ -152,20 +156,53 @@ type Handler struct {
 	// fastest lately (a database a few milliseconds away, where requests
 	// spend their time on the wire), the bound rises, up to max_open_conns;
 	// it falls back as they slow down, and halves when database work fails.
-	// The bound is the database's: every handler with the same DSN shares
-	// it. At most max_open_conns; set it to max_open_conns for a fixed
+	// The bound is the database's, shared and agreed on as max_open_conns
+	// is. At most max_open_conns; set it to max_open_conns for a fixed
 	// bound. Default: 8, or max_open_conns when that is less.
 	DBConcurrency int `json:"db_concurrency,omitempty"`
+
+	// MaxStaleness is how old the data a rocketchat_voip_sync keeps in MySQL
+	// may be (docs/sync.md, "Freshness at the edge"): past it, room.close
+	// answers 503 service-unavailable (outcome stale), or goes to Rocket.Chat
+	// (WhenStale). It applies to a database that such a sync feeds (one with
+	// a sync_state row for SyncSource); with the sync's default
+	// reconcile_interval of 1m, a revoked token stops working at the edge
+	// within 2m either way. Default: 2m. IgnoreStaleness (Caddyfile:
+	// max_staleness off) turns the check off.
+	MaxStaleness    caddy.Duration `json:"max_staleness,omitempty"`
+	IgnoreStaleness bool           `json:"ignore_staleness,omitempty"`
+
+	// WhenStale is "unavailable" (default: 503) or "upstream": the request
+	// goes, untouched, to the next handler (reverse_proxy to Rocket.Chat),
+	// which answers from its own data. This is the one case where room.close
+	// reaches Rocket.Chat, and only when configured so.
+	WhenStale string `json:"when_stale,omitempty"`
+
+	// SyncSource is the sync's source name (its 'source'). Default: rocketchat.
+	SyncSource string `json:"sync_source,omitempty"`
+
+	// UnknownCredentials is what room.close does with an X-User-Id and
+	// X-Auth-Token that name no live login token in MySQL: "unauthorized"
+	// (default: 401, as Rocket.Chat answers them) or "upstream": the request
+	// goes, with its body, to the next handler (reverse_proxy to
+	// Rocket.Chat), so that a login newer than the sync's copy is answered by
+	// Rocket.Chat rather than taken for a logout. The cost: made-up
+	// credentials then reach Rocket.Chat, which answers and rate limits them
+	// itself. A request without both headers is answered 401 either way.
+	UnknownCredentials string `json:"unknown_credentials,omitempty"`
 
 	logger     *zap.Logger
 	shed       *shedLog
 	pool       *dbpool.Pool
+	requests   *requestDB
 	db         database
 	limiterKey string
 	limiter    *ratelimit.Limiter
 	dbLimit    *dblimit.Limiter
 	// replyUnauthorized is the 401 with the body chosen by Compat.
 	replyUnauthorized reply
+	freshness         *rcsync.Freshness // nil: no staleness check
+	freshnessKey      string
 }
 
 // RateLimit is the rate limiter's configuration. When given, it either is
@@ -189,10 +226,26 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 // Validate is the one place that decides what a valid configuration is. It
 // judges the values in effect, defaults filled in, so that a rule tying two
-// fields holds whether the user wrote one of them or both. The Caddyfile
-// parser and Provision call it before anything else (Caddy calls it again
-// after Provision).
+// fields holds whether the user wrote one of them or both, and placeholders
+// expanded: an unset {env.X} DSN is "", which the driver would take for the
+// empty user at 127.0.0.1:3306. Provision calls it before anything else
+// (Caddy calls it again after Provision).
 func (h *Handler) Validate() error {
+	if err := h.validateWritten(); err != nil {
+		return err
+	}
+	if strings.TrimSpace(caddy.NewReplacer().ReplaceAll(h.DSN, "")) == "" {
+		// Only placeholders can expand to nothing: what is written holds no
+		// secret.
+		return fmt.Errorf("dsn: %s is empty (unset or blank in Caddy's environment)", h.DSN)
+	}
+	return nil
+}
+
+// validateWritten is Validate but for what placeholders expand to, which
+// the Caddyfile parser calls: adapting a config must not depend on the
+// environment it will run in.
+func (h *Handler) validateWritten() error {
 	if h.DSN == "" {
 		return errors.New("dsn is required")
 	}
@@ -245,7 +298,10 @@ func (h *Handler) validateFields() error {
 	case eff.DBConcurrency < 0:
 		return fmt.Errorf("db_concurrency: must not be negative, not %d", eff.DBConcurrency)
 	}
-	return nil
+	if eff.UnknownCredentials != UnknownCredentialsUnauthorized && eff.UnknownCredentials != UnknownCredentialsUpstream {
+		return fmt.Errorf("unknown_credentials: must be %s or %s, not %q", UnknownCredentialsUnauthorized, UnknownCredentialsUpstream, eff.UnknownCredentials)
+	}
+	return h.validateFreshness()
 }
 
 // withDefaults is a copy of h with every zero value replaced by its default.
@@ -267,39 +323,34 @@ func (h *Handler) applyDefaults() {
 	h.Compat = cmp.Or(h.Compat, defaultCompat)
 	h.MaxOpenConns = cmp.Or(h.MaxOpenConns, dbpool.DefaultMaxOpenConns)
 	h.DBConcurrency = cmp.Or(h.DBConcurrency, min(dbpool.DefaultDBConcurrency, h.MaxOpenConns))
+	h.UnknownCredentials = cmp.Or(h.UnknownCredentials, UnknownCredentialsUnauthorized)
+	h.applyFreshnessDefaults()
 }
 
-// Provision connects to MySQL (or reuses the pool of an earlier config with
-// the same DSN), checks or migrates the schema, and prepares every statement
-// the request path uses; a database that does not answer is left to come
-// up in the background (see RequireDatabase).
+// Provision takes a hold on the pool of the DSN (shared with every handler
+// and config that names it) and records what the handler asks of it on the
+// load's gate, which applies the load's wishes, migration and bring-up
+// included, once every module of the load is provisioned. A database that
+// does not answer is left to come up in the background (see
+// RequireDatabase).
 func (h *Handler) Provision(ctx caddy.Context) error {
+	// What the handler states of the pool's settings; unset is no opinion.
+	stated := dbpool.Settings{MaxOpenConns: h.MaxOpenConns, DBConcurrency: h.DBConcurrency}
 	// Refuse a bad config before touching anything shared.
 	h.applyDefaults()
 	if err := h.Validate(); err != nil {
 		return err
 	}
 	h.logger = ctx.Logger()
-	h.shed = &shedLog{logger: h.logger}
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(h.DSN, ""), &dbpool.Settings{
-		MaxOpenConns:  h.MaxOpenConns,
-		DBConcurrency: h.DBConcurrency,
-		Holder:        "the rocketchat_voip handler of " + h.Path,
-	})
-	if err != nil {
-		return err
-	}
-	h.pool, h.db, h.dbLimit = pool, pooled{pool}, pool.Limiter()
-	if h.Migrate {
-		h.pool.AddMigrator()
-	}
-	if err := h.setupDatabase(ctx); err != nil {
+	logVersionOnce(h.logger)
+	if err := h.holdDatabase(ctx, stated); err != nil {
 		return err
 	}
 
+	var limiter *ratelimit.Limiter
 	if !h.RateLimit.Off {
 		// The counts outlive a reload that keeps the same limit on the same
 		// route and database; a changed limit starts afresh.
@@ -311,42 +362,51 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.limiterKey = ""
 			return err
 		}
-		h.limiter = val.(*ratelimit.Limiter)
+		limiter = val.(*ratelimit.Limiter)
 	}
 	h.useBodyBudget()
+	if err := h.useFreshness(); err != nil {
+		return err
+	}
+	h.wire(h.logger, pooled{h.pool, h.requests, time.Duration(h.DBTimeout)}, h.pool.Limiter(), limiter)
+	return nil
+}
+
+// wire gives a provisioned handler, its defaults applied, what its request
+// path runs on: the database and its db_concurrency limiter, and the rate
+// limiter (nil: off). Provision calls it, and so do the tests of the HTTP
+// logic, with stand-ins, so that they run the handler Provision builds.
+func (h *Handler) wire(logger *zap.Logger, db database, dbLimit *dblimit.Limiter, limiter *ratelimit.Limiter) {
+	h.logger = logger
+	h.shed = &shedLog{logger: logger}
+	h.db, h.dbLimit, h.limiter = db, dbLimit, limiter
 	h.replyUnauthorized = reply{http.StatusUnauthorized, OutcomeUnauthorized, bodyUnauthorized6}
 	if h.Compat == 7 {
 		h.replyUnauthorized.body = bodyUnauthorized7
 	}
-	return nil
 }
 
-// setupDatabase brings the pool into service (dbpool.Setup: schema checked
-// or migrated, statements prepared), or leaves it to come up in the
-// background when no server answers: the handler then starts degraded,
-// unless require_database says otherwise. An outdated schema without
-// migrate is not yet an error: another site of this config may migrate the
-// database after this one is provisioned, so the schema gate decides once
-// all of them are.
-func (h *Handler) setupDatabase(ctx caddy.Context) error {
-	err := h.pool.Setup(ctx, h.Migrate)
-	var away *dbconnect.UnreachableError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &away) && !h.RequireDatabase:
-		h.logger.Warn("database unreachable: starting without it; room.close answers 503 until a server answers, then is served with no reload (require_database fails the load instead)",
-			zap.String("database", away.Name), zap.Error(away.Err))
-		return nil
-	case errors.As(err, new(*schema.OutdatedError)):
-		gate, err := ctx.App(schemaGateID)
-		if err != nil {
-			return err
-		}
-		gate.(*schemaGate).checkLater(h.pool)
-		return nil
+// holdDatabase takes the handler's holds on the pool and on its request
+// store, and tells the load's gate what the handler asks of the pool.
+func (h *Handler) holdDatabase(ctx caddy.Context, stated dbpool.Settings) error {
+	pool, err := dbpool.Hold(caddy.NewReplacer().ReplaceAll(h.DSN, ""))
+	if err != nil {
+		return err
 	}
-	return err
+	h.pool = pool
+	if h.requests, err = holdRequestDB(pool); err != nil {
+		return err
+	}
+	gate, err := gateOf(ctx)
+	if err != nil {
+		return err
+	}
+	return gate.load.Want(pool, dbpool.Need{
+		Holder:          "the rocketchat_voip handler of " + h.Path,
+		Settings:        stated,
+		Migrate:         h.Migrate,
+		RequireDatabase: h.RequireDatabase,
+	})
 }
 
 // Cleanup releases this config's hold on the pool; the last holder closes it.
@@ -355,13 +415,14 @@ func (h *Handler) Cleanup() error {
 		h.shed.flush()
 	}
 	h.releaseBodyBudget()
+	h.releaseFreshness()
 	if h.limiterKey != "" {
 		limiters.Delete(h.limiterKey) //nolint:errcheck // a limiter's Destruct cannot fail
 	}
+	if h.requests != nil {
+		h.requests.release()
+	}
 	if h.pool != nil {
-		if h.Migrate {
-			h.pool.RemoveMigrator()
-		}
 		return h.pool.Release()
 	}
 	return nil

@@ -6,14 +6,40 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/testdb"
 )
 
+// newLoad is the context of a config load of its own, cancelled (its
+// modules cleaned up) when the test ends.
+func newLoad(t *testing.T) caddy.Context {
+	t.Helper()
+	base, err := caddy.ProvisionContext(&caddy.Config{Admin: &caddy.AdminConfig{Disabled: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(base)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// provision provisions h as the only module of a load, and starts the
+// load's gate as Caddy would once every module is provisioned.
 func provision(t *testing.T, h *Handler) error {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
-	t.Cleanup(cancel)
-	return h.Provision(ctx)
+	ctx := newLoad(t)
+	if err := h.Provision(ctx); err != nil {
+		return err
+	}
+	gate, err := gateOf(ctx)
+	if err != nil {
+		return err
+	}
+	if err := gate.Start(); err != nil {
+		return err
+	}
+	t.Cleanup(func() { gate.Stop() }) //nolint:errcheck
+	return nil
 }
 
 // One *sql.DB per DSN: configs that name the same DSN share it (a reload
@@ -46,8 +72,14 @@ func TestPoolSharedPerDSNAndClosedByLastUser(t *testing.T) {
 	if err := b.pool.DB().Ping(); err == nil || !strings.Contains(err.Error(), "closed") {
 		t.Fatalf("pool still open after the last config went: %v", err)
 	}
-	if refs := b.pool.References(); refs != 0 {
-		t.Fatalf("pool entry left behind: %d", refs)
+	n := 0
+	dbpool.Each(func(p *dbpool.Pool) {
+		if p == b.pool {
+			n++
+		}
+	})
+	if n != 0 {
+		t.Fatal("pool entry left behind")
 	}
 }
 
@@ -99,7 +131,7 @@ func TestProvisionWithoutTheDatabase(t *testing.T) {
 		t.Fatalf("provision failed without the database: %v", err)
 	}
 	defer h.Cleanup()
-	if h.pool.Store() != nil || h.pool.Up() {
+	if h.db.Store() != nil || h.pool.Up() {
 		t.Fatal("a pool without its database is in service")
 	}
 	// A second holder of the same pool (a reload) starts as fast: the

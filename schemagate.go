@@ -1,67 +1,73 @@
 package rocketchatvoip
 
 import (
-	"context"
-	"errors"
-	"sync"
-
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 )
 
 func init() {
-	caddy.RegisterModule(new(schemaGate))
+	caddy.RegisterModule(new(loadGate))
 }
 
 // schemaGateID names the app; handlers load it themselves, so it needs no
 // configuration and has none.
-const schemaGateID = "rocketchat_voip_schema"
+const schemaGateID = dbpool.GateID
 
-// schemaGate checks, once every handler of a config is provisioned, the
-// schema of the databases whose handlers found it outdated. Caddy provisions
-// a config's sites in no fixed order, so a handler without migrate may look
-// at a database before the handler of another site that migrates it; the
-// check waits for the app's Start, which Caddy runs after all provisioning.
-type schemaGate struct {
-	mu      sync.Mutex
-	pending []*dbpool.Pool
+// loadGate is one config load's say over the shared pools. Caddy makes one
+// instance per load (ctx.App), provisions the load's sites in no fixed
+// order, and starts its apps only once all of them are provisioned. So
+// each handler records what it asks of its pool here (its settings,
+// migrate, require_database) and the gate checks it against the others,
+// touching nothing shared; Start applies the whole: the settings, the
+// migration, the bring-up of each pool. A load that Caddy refuses, or that
+// fails to start, leaves the pools to the config that serves.
+type loadGate struct {
+	load   dbpool.Load
+	logger *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
-func (*schemaGate) CaddyModule() caddy.ModuleInfo {
+func (*loadGate) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  schemaGateID,
-		New: func() caddy.Module { return new(schemaGate) },
+		New: func() caddy.Module { return new(loadGate) },
 	}
 }
 
-// checkLater queues the schema check and statement preparation of pool.
-func (g *schemaGate) checkLater(pool *dbpool.Pool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.pending = append(g.pending, pool)
-}
-
-// Start fails the config load if a database is still outdated, with the
-// message Provision would have given, and otherwise prepares the statements.
-// A database that went away since Provision is left to come up in the
-// background, as at Provision.
-func (g *schemaGate) Start() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, pool := range g.pending {
-		err := pool.Setup(context.Background(), false)
-		if err != nil && !errors.As(err, new(*dbconnect.UnreachableError)) {
-			return err
-		}
-	}
-	g.pending = nil
+// Provision implements caddy.Provisioner.
+func (g *loadGate) Provision(ctx caddy.Context) error {
+	g.logger = ctx.Logger()
 	return nil
 }
 
-// Stop implements caddy.App.
-func (g *schemaGate) Stop() error { return nil }
+// gateOf is the gate of ctx's load.
+func gateOf(ctx caddy.Context) (*loadGate, error) {
+	app, err := ctx.App(schemaGateID)
+	if err != nil {
+		return nil, err
+	}
+	return app.(*loadGate), nil
+}
 
-var _ caddy.App = (*schemaGate)(nil)
+// Start applies the load to its pools and brings each into service; it
+// fails the load if a database refuses it (an outdated schema that no
+// site migrates, access denied, ...), or does not answer where
+// require_database says it must.
+func (g *loadGate) Start() error { return g.load.Start(g.logger) }
+
+// Stop withdraws the load's settings and its wish to migrate.
+func (g *loadGate) Stop() error {
+	g.load.Stop()
+	return nil
+}
+
+// PoolLoad is the load's record, for the modules that hold a pool
+// (dbpool.LoadOf).
+func (g *loadGate) PoolLoad() *dbpool.Load { return &g.load }
+
+var (
+	_ caddy.App         = (*loadGate)(nil)
+	_ caddy.Provisioner = (*loadGate)(nil)
+)

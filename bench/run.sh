@@ -7,6 +7,7 @@
 #                                          (r: with the database a network hop away)
 #   BENCH_DB=<name>                        # the bench database (default rocketchat_voip_bench)
 #   BENCH_ARGS='-ports 18300 -pick median' # other loopback ports; report the median round
+#   BENCH_ARGS='-only r -db-delay 5ms -remote-conns 1,16 -remote-db-concurrency 0'  # closes with the database 5 ms away each way (-db-delay 0: local, no proxy)
 # Prints a Markdown table (see the README's performance section).
 set -euo pipefail
 . "$(dirname "$0")/../scripts/lib.sh"

@@ -6,28 +6,19 @@ package outboxapp
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"sync"
+	"net/url"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/cfargs"
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbpool"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/outbox"
-	"github.com/edgevoip/caddy-rocketchat-voip/internal/promutil"
 )
 
 func init() {
 	caddy.RegisterModule(new(Outbox))
-	httpcaddyfile.RegisterGlobalOption("rocketchat_voip_outbox", parseOutboxOption)
 }
 
 // Outbox is the Caddy app that delivers the room_events outbox: every close
@@ -72,22 +63,31 @@ type Outbox struct {
 	// KeepDelivered keeps delivered events for ever (Caddyfile: retain off).
 	KeepDelivered bool `json:"keep_delivered,omitempty"`
 
-	logger    *zap.Logger
-	pool      *dbpool.Pool
-	store     *outbox.Store
-	deliverer *outbox.Deliverer
-	cancel    context.CancelFunc
-	done      chan struct{} // closed when delivery has stopped
+	url        string // the webhook's URL and secret, placeholders expanded
+	secret     []byte
+	logger     *zap.Logger
+	pool       *dbpool.Pool
+	statements *statements
+	deliverer  *outbox.Deliverer
+	cancel     context.CancelFunc
+	done       chan struct{} // closed when delivery has stopped
 }
 
 // OutboxWebhook is where events are POSTed.
 type OutboxWebhook struct {
-	// URL of the receiver. Required.
+	// URL of the receiver, http or https. Required. Redirects are not
+	// followed: a 3xx is a failed attempt. Placeholders are expanded; the
+	// query string is left out wherever the URL is logged or stored.
 	URL string `json:"url,omitempty"`
-	// Secret signs each body: the X-RocketChat-Voip-Signature header is
-	// "sha256=" and the hex HMAC-SHA256 of the body. Placeholders such as
-	// {env.VOIP_WEBHOOK_SECRET} are expanded.
+	// Secret signs each delivery: the X-RocketChat-Voip-Signature header is
+	// "t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<delivery id>.<body>'>"
+	// (docs/outbox.md). Required unless Unsigned. Placeholders such as
+	// {env.VOIP_WEBHOOK_SECRET} are expanded, and one that expands to
+	// nothing fails the load.
 	Secret string `json:"secret,omitempty"`
+	// Unsigned sends deliveries without a signature, deliberately (for a
+	// receiver that cannot check one); it excludes a secret.
+	Unsigned bool `json:"unsigned,omitempty"`
 	// Timeout bounds one POST. Default: 10s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
@@ -102,40 +102,85 @@ func (*Outbox) CaddyModule() caddy.ModuleInfo {
 
 // Validate decides what a valid outbox configuration is, judging the values
 // in effect (defaults filled in), so that the lease is checked against the
-// webhook timeout whether the user wrote both or one.
+// webhook timeout whether the user wrote both or one. Each error names the
+// fields it is about (a fieldError), so that the Caddyfile parser reports it
+// at their line. Placeholders are not expanded here: the values they take
+// are checked by expandWebhook when the config is loaded.
 func (o *Outbox) Validate() error {
 	if o.DSN == "" {
-		return errors.New("dsn is required")
+		return fieldErr("dsn is required", "dsn")
 	}
 	if o.Webhook == nil || o.Webhook.URL == "" {
-		return errors.New("webhook is required")
+		return fieldErr("webhook is required", "webhook")
 	}
 	eff := o.withDefaults()
 	for _, f := range []struct {
-		name  string
-		value int64
+		name, field string
+		value       int64
 	}{
-		{"max_attempts", int64(eff.MaxAttempts)},
-		{"batch", int64(eff.Batch)},
-		{"backoff (first wait)", int64(eff.BackoffBase)},
-		{"backoff (longest wait)", int64(eff.BackoffMax)},
-		{"lease", int64(eff.Lease)},
-		{"poll_interval", int64(eff.PollInterval)},
-		{"webhook timeout", int64(eff.Webhook.Timeout)},
-		{"retain", int64(eff.Retain)},
+		{"max_attempts", "max_attempts", int64(eff.MaxAttempts)},
+		{"batch", "batch", int64(eff.Batch)},
+		{"backoff (first wait)", "backoff", int64(eff.BackoffBase)},
+		{"backoff (longest wait)", "backoff", int64(eff.BackoffMax)},
+		{"lease", "lease", int64(eff.Lease)},
+		{"poll_interval", "poll_interval", int64(eff.PollInterval)},
+		{"webhook timeout", "webhook.timeout", int64(eff.Webhook.Timeout)},
+		{"retain", "retain", int64(eff.Retain)},
 	} {
 		if f.value < 0 {
-			return fmt.Errorf("%s: must not be negative", f.name)
+			return fieldErr(f.name+": must not be negative", f.field)
 		}
 	}
 	if o.KeepDelivered && o.Retain != 0 {
-		return errors.New("retain: a retention and keep_delivered exclude each other")
+		return fieldErr("retain: a retention and keep_delivered exclude each other", "retain")
+	}
+	switch wh := o.Webhook; {
+	case wh.Secret == "" && !wh.Unsigned:
+		return fieldErr("webhook: a secret is required to sign the deliveries (or 'unsigned', to send them unsigned deliberately)", "webhook")
+	case wh.Secret != "" && wh.Unsigned:
+		return fieldErr("webhook: a secret and unsigned exclude each other", "webhook.secret", "webhook.unsigned")
 	}
 	if eff.Lease <= eff.Webhook.Timeout {
-		return fmt.Errorf("lease: %s must be longer than the webhook timeout (%s), or a slow receiver gets events twice",
-			time.Duration(eff.Lease), time.Duration(eff.Webhook.Timeout))
+		return fieldErr(fmt.Sprintf("lease: %s must be longer than the webhook timeout (%s), or a slow receiver gets events twice",
+			time.Duration(eff.Lease), time.Duration(eff.Webhook.Timeout)), "lease", "webhook.timeout")
 	}
 	return nil
+}
+
+// fieldError is a configuration error and the fields it is about, named as
+// the Caddyfile writes them (a webhook's own as "webhook.timeout").
+type fieldError struct {
+	msg    string
+	fields []string
+}
+
+func (e *fieldError) Error() string { return e.msg }
+
+func fieldErr(msg string, fields ...string) error { return &fieldError{msg, fields} }
+
+// expandWebhook is the webhook's URL and secret with placeholders such as
+// {env.VOIP_WEBHOOK_SECRET} expanded, as the load will use them. A value
+// that expands to nothing is refused, naming what was written: an unset
+// variable must not turn into a webhook that is unsigned or goes nowhere.
+func (o *Outbox) expandWebhook() (string, []byte, error) {
+	repl := caddy.NewReplacer()
+	target := repl.ReplaceAll(o.Webhook.URL, "")
+	u, err := url.Parse(target)
+	switch {
+	case target == "":
+		// Only placeholders expand to nothing: what was written is safe to name.
+		return "", nil, fmt.Errorf("webhook: the URL %s is empty once expanded (is the variable set?)", o.Webhook.URL)
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return "", nil, fmt.Errorf("webhook: %s is not an http or https URL with a host", outbox.RedactURL(target))
+	}
+	if o.Webhook.Unsigned {
+		return target, nil, nil
+	}
+	secret := repl.ReplaceAll(o.Webhook.Secret, "")
+	if secret == "" {
+		return "", nil, fmt.Errorf("webhook: the secret %s is empty once expanded (is the variable set?); write 'unsigned' to send unsigned webhooks deliberately", o.Webhook.Secret)
+	}
+	return target, []byte(secret), nil
 }
 
 // withDefaults is a copy of o with every zero value replaced by its default.
@@ -164,290 +209,9 @@ func (o *Outbox) applyDefaults() {
 	}
 }
 
-// Provision fills in defaults, validates, and opens (or shares) the pool.
-func (o *Outbox) Provision(ctx caddy.Context) error {
-	o.applyDefaults()
-	if err := o.Validate(); err != nil {
-		return err
-	}
-	o.logger = ctx.Logger()
-	initOutboxMetrics()
-	if err := promutil.Register(ctx.GetMetricsRegistry(), outboxMetrics.all()...); err != nil {
-		return err
-	}
-	if err := promutil.Register(ctx.GetMetricsRegistry(), dbpool.UpCollector); err != nil {
-		return err
-	}
-	pool, err := dbpool.Get(ctx, caddy.NewReplacer().ReplaceAll(o.DSN, ""), nil)
-	if err != nil {
-		return err
-	}
-	o.pool = pool
-	return nil
-}
-
-// Start checks the schema (by now every handler has migrated what it was
-// told to) and starts delivering. A database that does not answer fails
-// nothing: delivery starts once the pool is in service (the pool keeps
-// trying in the background, and warns).
-func (o *Outbox) Start() error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	err := o.pool.Setup(ctx, false)
-	var away *dbconnect.UnreachableError
-	switch {
-	case errors.As(err, &away):
-		o.logger.Warn("database unreachable: starting without it; delivery begins once a server answers",
-			zap.String("database", away.Name), zap.Error(away.Err))
-	case err != nil:
-		return err
-	}
-	runCtx, stop := context.WithCancel(context.Background())
-	o.cancel = stop
-	o.done = make(chan struct{})
-	go func() {
-		defer close(o.done)
-		select {
-		case <-o.pool.Ready():
-		case <-runCtx.Done():
-			return
-		}
-		if o.store = o.prepare(runCtx); o.store == nil {
-			return
-		}
-		repl := caddy.NewReplacer()
-		o.deliverer = outbox.NewDeliverer(o.store, outbox.Config{
-			URL:          repl.ReplaceAll(o.Webhook.URL, ""),
-			Secret:       []byte(repl.ReplaceAll(o.Webhook.Secret, "")),
-			Timeout:      time.Duration(o.Webhook.Timeout),
-			MaxAttempts:  o.MaxAttempts,
-			BackoffBase:  time.Duration(o.BackoffBase),
-			BackoffMax:   time.Duration(o.BackoffMax),
-			Batch:        o.Batch,
-			Lease:        time.Duration(o.Lease),
-			PollInterval: time.Duration(o.PollInterval),
-			Retain:       time.Duration(o.Retain), // 0 with keep_delivered
-			Busy:         o.pool.Busy,             // the handlers' closes on the same DSN come first
-		}, outboxObserver{o.logger})
-		o.deliverer.Run(runCtx)
-	}()
-	return nil
-}
-
-// prepare prepares the outbox's statements on the pool, now in service,
-// trying again every second while the database fails (it may have gone
-// away again); nil when ctx ends first.
-func (o *Outbox) prepare(ctx context.Context) *outbox.Store {
-	var warned time.Time
-	for {
-		prepCtx, cancel := context.WithTimeout(ctx, time.Minute)
-		store, err := outbox.NewStore(prepCtx, o.pool.DB())
-		cancel()
-		if err == nil {
-			return store
-		}
-		if time.Since(warned) >= 5*time.Second {
-			warned = time.Now()
-			o.logger.Warn("outbox: preparing statements failed; trying again", zap.String("database", o.pool.Name()), zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// Stop ends delivery once the batch in flight is done (each POST is bounded
-// by the webhook timeout); on a reload the new config delivers meanwhile.
-func (o *Outbox) Stop() error {
-	if o.cancel != nil {
-		o.cancel()
-		<-o.done
-	}
-	if o.store != nil {
-		o.store.Close()
-	}
-	return nil
-}
-
-// Cleanup releases this config's hold on the pool.
-func (o *Outbox) Cleanup() error {
-	if o.pool != nil {
-		return o.pool.Release()
-	}
-	return nil
-}
-
-// outboxObserver turns delivery events into metrics and log lines; the
-// secret is never in them (errors name the URL, not the secret).
-type outboxObserver struct{ logger *zap.Logger }
-
-func (ob outboxObserver) Delivered(outbox.Event) { outboxMetrics.delivered.Inc() }
-
-func (ob outboxObserver) Failed(e outbox.Event, err error, parked bool) {
-	outboxMetrics.failed.Inc()
-	ob.logger.Warn("outbox: delivery failed", zap.Int64("event_id", e.ID), zap.String("rid", e.Rid),
-		zap.Int("attempt", e.Attempts+1), zap.Bool("parked", parked), zap.Error(err))
-	if parked {
-		outboxMetrics.parked.Inc()
-	}
-}
-
-func (ob outboxObserver) Status(st outbox.Status) {
-	outboxMetrics.pending.Set(float64(st.Pending))
-	age := 0.0
-	if !st.OldestPending.IsZero() {
-		age = time.Since(st.OldestPending).Seconds()
-	}
-	outboxMetrics.oldestAge.Set(age)
-}
-
-func (ob outboxObserver) Purged(n int64) { outboxMetrics.purged.Add(float64(n)) }
-
-func (ob outboxObserver) Error(what string, err error) {
-	ob.logger.Error("outbox: "+what, zap.Error(err))
-}
-
-type outboxMetricSet struct {
-	once                      sync.Once
-	delivered, failed, parked prometheus.Counter
-	purged                    prometheus.Counter
-	pending, oldestAge        prometheus.Gauge
-}
-
-var outboxMetrics outboxMetricSet
-
-func initOutboxMetrics() {
-	outboxMetrics.once.Do(func() {
-		counter := func(name, help string) prometheus.Counter {
-			return prometheus.NewCounter(prometheus.CounterOpts{Namespace: promutil.Namespace, Subsystem: promutil.Subsystem, Name: name, Help: help})
-		}
-		gauge := func(name, help string) prometheus.Gauge {
-			return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: promutil.Namespace, Subsystem: promutil.Subsystem, Name: name, Help: help})
-		}
-		outboxMetrics.delivered = counter("outbox_delivered_total", "Outbox events delivered (the receiver answered 2xx).")
-		outboxMetrics.failed = counter("outbox_failed_attempts_total", "Failed delivery attempts of outbox events.")
-		outboxMetrics.parked = counter("outbox_parked_total", "Outbox events parked after too many failed attempts.")
-		outboxMetrics.purged = counter("outbox_purged_total", "Delivered outbox events deleted after the retention.")
-		outboxMetrics.pending = gauge("outbox_pending", "Outbox events not yet delivered nor parked (counted less often than every second once counting takes over 10 ms).")
-		outboxMetrics.oldestAge = gauge("outbox_oldest_pending_age_seconds", "Age of the oldest pending outbox event; 0 when none is pending.")
-	})
-}
-
-func (m *outboxMetricSet) all() []prometheus.Collector {
-	return []prometheus.Collector{m.delivered, m.failed, m.parked, m.purged, m.pending, m.oldestAge}
-}
-
-// parseOutboxOption reads the global option:
-//
-//	rocketchat_voip_outbox {
-//	    dsn <dsn>
-//	    webhook <url> {
-//	        secret <secret>
-//	        timeout <duration>
-//	    }
-//	    max_attempts <n>
-//	    backoff <base> <max>
-//	    batch <n>
-//	    lease <duration>
-//	    poll_interval <duration>
-//	    retain <duration> | off
-//	}
-func parseOutboxOption(d *caddyfile.Dispenser, _ any) (any, error) {
-	o := new(Outbox)
-	d.Next()
-	if err := cfargs.None(d); err != nil {
-		return nil, err
-	}
-	for d.NextBlock(0) {
-		var err error
-		switch name := d.Val(); name {
-		case "dsn":
-			o.DSN, err = cfargs.One(d)
-		case "webhook":
-			o.Webhook, err = parseWebhook(d)
-		case "max_attempts":
-			o.MaxAttempts, err = cfargs.Int(d)
-		case "batch":
-			o.Batch, err = cfargs.Int(d)
-		case "backoff":
-			o.BackoffBase, o.BackoffMax, err = parseBackoff(d)
-		case "lease":
-			o.Lease, err = cfargs.Duration(d)
-		case "poll_interval":
-			o.PollInterval, err = cfargs.Duration(d)
-		case "retain":
-			o.Retain, o.KeepDelivered, err = parseRetain(d)
-		default:
-			return nil, d.Errf("unrecognized subdirective %q", name)
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	if err := o.Validate(); err != nil {
-		return nil, d.Err(err.Error())
-	}
-	return httpcaddyfile.App{Name: "rocketchat_voip_outbox", Value: caddyconfig.JSON(o, nil)}, nil
-}
-
-// parseWebhook reads 'webhook <url> { secret <secret>  timeout <duration> }'.
-func parseWebhook(d *caddyfile.Dispenser) (*OutboxWebhook, error) {
-	url, err := cfargs.One(d)
-	if err != nil {
-		return nil, err
-	}
-	wh := &OutboxWebhook{URL: url}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch name := d.Val(); name {
-		case "secret":
-			wh.Secret, err = cfargs.One(d)
-		case "timeout":
-			wh.Timeout, err = cfargs.Duration(d)
-		default:
-			return nil, d.Errf("unrecognized webhook subdirective %q", name)
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	return wh, nil
-}
-
-// parseBackoff reads 'backoff <first wait> <longest wait>'.
-func parseBackoff(d *caddyfile.Dispenser) (base, longest caddy.Duration, err error) {
-	args := d.RemainingArgs()
-	if len(args) != 2 {
-		return 0, 0, d.Err("backoff takes '<first wait> <longest wait>'")
-	}
-	waits := make([]caddy.Duration, 2)
-	for i, arg := range args {
-		v, err := caddy.ParseDuration(arg)
-		if err != nil {
-			return 0, 0, d.Errf("backoff: not a duration: %q", arg)
-		}
-		waits[i] = caddy.Duration(v)
-	}
-	return waits[0], waits[1], nil
-}
-
 var (
 	_ caddy.App          = (*Outbox)(nil)
 	_ caddy.Provisioner  = (*Outbox)(nil)
 	_ caddy.Validator    = (*Outbox)(nil)
 	_ caddy.CleanerUpper = (*Outbox)(nil)
 )
-
-// parseRetain reads 'retain <duration> | off'.
-func parseRetain(d *caddyfile.Dispenser) (caddy.Duration, bool, error) {
-	arg, err := cfargs.One(d)
-	if err != nil || arg == "off" {
-		return 0, err == nil, err
-	}
-	v, err := caddy.ParseDuration(arg)
-	if err != nil {
-		return 0, false, d.Errf("retain: not a duration nor off: %q", arg)
-	}
-	return caddy.Duration(v), false, nil
-}

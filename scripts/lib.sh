@@ -68,6 +68,21 @@ ensure_oracle_mysql() {
   say "MySQL: $(dbtool query "$dsn" 'SELECT VERSION() AS v' | sed -n 's/^ *v: //p') at ${dsn#*@}"
 }
 
+# ensure_tidb is ensure_mysql for TiDB:
+#  1. $ROCKETCHAT_VOIP_TIDB_DSN, if set (it must answer);
+#  2. the project's own TiDB on 127.0.0.1:$TIDB_PORT, started now if need be
+#     (scripts/tidb-server.sh builds it once and caches the binary).
+TIDB_PORT=${ROCKETCHAT_VOIP_TIDB_PORT:-4100}
+ensure_tidb() {
+  local dsn=${ROCKETCHAT_VOIP_TIDB_DSN:-"root@tcp(127.0.0.1:$TIDB_PORT)/"}
+  if [ -z "${ROCKETCHAT_VOIP_TIDB_DSN:-}" ] && ! dbtool wait "$dsn" 1 2>/dev/null; then
+    bash "$ROOT_DIR/scripts/tidb-server.sh" start "$TIDB_PORT" || die "could not start TiDB on 127.0.0.1:$TIDB_PORT"
+  fi
+  dbtool wait "$dsn" 120 || die "TiDB does not answer at $dsn"
+  export ROCKETCHAT_VOIP_TEST_DSN="$dsn"
+  say "TiDB: $(dbtool query "$dsn" 'SELECT VERSION() AS v' | sed -n 's/^ *v: //p') at ${dsn#*@}"
+}
+
 find_mariadbd() {
   for b in mariadbd mysqld /usr/sbin/mariadbd /usr/sbin/mysqld /usr/libexec/mariadbd; do
     if command -v "$b" >/dev/null 2>&1; then command -v "$b"; return 0; fi

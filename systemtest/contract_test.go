@@ -65,6 +65,9 @@ type envOptions struct {
 	// that it writes closes by the portable transaction on any engine (as
 	// after a restore without routines).
 	portable bool
+	// ordinary drops the fast close's procedure, so that a recent closer's
+	// close is its read and a CALL of the close's procedure.
+	ordinary bool
 	proxied  bool   // reach MySQL through a testdb.Proxy
 	globals  string // Caddy global options
 	// site wraps the handler lines (rocketchat_voip and reverse_proxy) into
@@ -78,6 +81,9 @@ func startEnv(t *testing.T, o envOptions) (*env, *testdb.Proxy) {
 	e.settings = strings.Join(o.extra, "\n\t\t")
 	if o.portable && testServerHasProcedures(t, e.db) {
 		e.db.Exec(t, "DROP PROCEDURE IF EXISTS "+store.CloseProcedure)
+	}
+	if o.ordinary && testServerHasProcedures(t, e.db) {
+		e.db.Exec(t, "DROP PROCEDURE IF EXISTS "+store.FastCloseProcedure)
 	}
 	dsn := e.db.DSN
 	if o.dsn != nil {
@@ -747,23 +753,30 @@ func stopCaddy(t *testing.T) {
 }
 
 // TestRoundTrips counts the commands the gateway sends MySQL per outcome
-// (through the proxy, on one warm connection): a close is one read and its
-// write, whether or not the room has PBX events; a rejection is the one
-// read. The write is one CALL of the close's procedure where the engine has
-// it (MariaDB, MySQL), and the portable transaction elsewhere (BEGIN,
-// UPDATE, two INSERTs, COMMIT). The first close of a token through a
-// gateway reads the credentials and the room apart, as every request of a
-// token not known to close rooms does.
+// (through the proxy, on one warm connection). Where the engine has
+// procedures (MariaDB, MySQL), a close by credentials that closed a room
+// through this gateway before is one CALL of the fast close's procedure;
+// anything else that CALL finds (a rejection, a revocation) changes
+// nothing, and the read that decides the answer follows: 2. Without the
+// fast close (the "procedure" subtest: its procedure dropped), a close is
+// one read and one CALL of the close's procedure, and elsewhere one read
+// and the portable transaction (BEGIN, UPDATE, two INSERTs, COMMIT); a
+// rejection is the one read, whether or not the room has PBX events. The
+// first close of a token through a gateway reads the credentials and the
+// room apart, as every request of a token not known to close rooms does.
 func TestRoundTrips(t *testing.T) {
-	t.Run("portable", func(t *testing.T) { roundTrips(t, true) })
-	t.Run("procedure", func(t *testing.T) { roundTrips(t, false) })
+	t.Run("portable", func(t *testing.T) { roundTrips(t, envOptions{portable: true}) })
+	t.Run("procedure", func(t *testing.T) { roundTrips(t, envOptions{ordinary: true}) })
+	t.Run("fast", func(t *testing.T) { roundTrips(t, envOptions{}) })
 }
 
-func roundTrips(t *testing.T, portable bool) {
-	e, proxy := startEnv(t, envOptions{extra: []string{"max_open_conns 1", "rate_limit off"}, proxied: true, portable: portable})
-	if !portable && !e.procedurePath(t) {
+func roundTrips(t *testing.T, o envOptions) {
+	o.extra, o.proxied = []string{"max_open_conns 1", "rate_limit off"}, true
+	e, proxy := startEnv(t, o)
+	if !o.portable && !e.procedurePath(t) {
 		t.Skipf("%s has no procedure path", e.engine(t))
 	}
+	fast := !o.portable && !o.ordinary
 	e.db.AddRoom(t, "WARM", e.visitor, time.Now().UTC(), nil)
 	e.db.AddRoom(t, "CALL", e.visitor, time.Now().UTC(), "call-1")
 	e.db.Exec(t, "INSERT INTO pbx_events (id, unique_id, event, call_unique_id, hold_time, ts) VALUES ('p1', 'u1', 'AgentConnect', 'call-1', '3', ?)", time.Now().UTC())
@@ -775,21 +788,25 @@ func roundTrips(t *testing.T, portable bool) {
 	expect(t, e.post(t, closeBody("WARM", e.visitor.Token)), 200, `{"rid":"WARM","success":true}`)
 	expect(t, e.post(t, closeBody("WARM2", e.visitor.Token)), 200, `{"rid":"WARM2","success":true}`)
 	write := 5 // the portable transaction
-	if !portable {
+	if !o.portable {
 		write = 1 // the CALL
 	}
-	t.Logf("engine %s: a close's write is %d round trip(s)", e.engine(t), write)
+	known, knownRejection := 1+write, 1 // a recent closer's close, and rejection
+	if fast {
+		known, knownRejection = 1, 2
+	}
+	t.Logf("engine %s: a close's write is %d round trip(s), a recent closer's close %d", e.engine(t), write, known)
 	cases := []struct {
 		name    string
 		send    func() response
 		status  int
 		queries int
 	}{
-		{"close", func() response { return e.post(t, closeBody(e.roomID, e.visitor.Token)) }, 200, 1 + write},
-		{"close with PBX events", func() response { return e.post(t, closeBody("CALL", e.visitor.Token)) }, 200, 1 + write},
-		{"room-closed", func() response { return e.post(t, closeBody(e.roomID, e.visitor.Token)) }, 400, 1},
-		{"invalid-room", func() response { return e.post(t, closeBody("NOPE", e.visitor.Token)) }, 400, 1},
-		{"invalid-token", func() response { return e.post(t, closeBody(e.roomID, "nope")) }, 400, 1},
+		{"close", func() response { return e.post(t, closeBody(e.roomID, e.visitor.Token)) }, 200, known},
+		{"close with PBX events", func() response { return e.post(t, closeBody("CALL", e.visitor.Token)) }, 200, known},
+		{"room-closed", func() response { return e.post(t, closeBody(e.roomID, e.visitor.Token)) }, 400, knownRejection},
+		{"invalid-room", func() response { return e.post(t, closeBody("NOPE", e.visitor.Token)) }, 400, knownRejection},
+		{"invalid-token", func() response { return e.post(t, closeBody(e.roomID, "nope")) }, 400, knownRejection},
 		{"validation", func() response { return e.post(t, `{}`) }, 400, 1},
 		{"unauthorized", func() response {
 			return e.do(t, http.MethodPost, closePath, map[string]string{"X-User-Id": e.agent.ID, "X-Auth-Token": "nope"}, closeBody(e.roomID, e.visitor.Token))
@@ -798,7 +815,7 @@ func roundTrips(t *testing.T, portable bool) {
 		{"forbidden", func() response { return e.postAs(t, plain, closeBody("WARM", e.visitor.Token)) }, 403, 1},
 		{"forbidden again", func() response { return e.postAs(t, plain, closeBody("WARM", e.visitor.Token)) }, 403, 1},
 		{"first close of a token", func() response { return e.postAs(t, newAgent, closeBody("FIRST", e.visitor.Token)) }, 200, 2 + write},
-		{"a known closer's rejection", func() response { return e.postAs(t, newAgent, closeBody("FIRST", e.visitor.Token)) }, 400, 1},
+		{"a known closer's rejection", func() response { return e.postAs(t, newAgent, closeBody("FIRST", e.visitor.Token)) }, 400, knownRejection},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

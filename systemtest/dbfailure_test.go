@@ -67,15 +67,24 @@ func TestDatabaseHangs(t *testing.T) {
 // db_timeout answers 503 and leaves nothing behind, on either write path
 // (the procedure is told the time left and rolls back, rather than commit
 // once the lock is granted to a gateway that gave up).
+//
+// The "fast" case is a recent closer's: its one CALL of the fast close's
+// procedure waits for the lock, and rolls back past the time it was given.
 func TestRowLockedPastTimeout(t *testing.T) {
-	t.Run("portable", func(t *testing.T) { rowLockedPastTimeout(t, true) })
-	t.Run("procedure", func(t *testing.T) { rowLockedPastTimeout(t, false) })
+	t.Run("portable", func(t *testing.T) { rowLockedPastTimeout(t, envOptions{portable: true}) })
+	t.Run("procedure", func(t *testing.T) { rowLockedPastTimeout(t, envOptions{ordinary: true}) })
+	t.Run("fast", func(t *testing.T) { rowLockedPastTimeout(t, envOptions{}) })
 }
 
-func rowLockedPastTimeout(t *testing.T, portable bool) {
-	e, _ := startEnv(t, envOptions{extra: []string{"db_timeout 700ms"}, portable: portable})
-	if !portable && !e.procedurePath(t) {
+func rowLockedPastTimeout(t *testing.T, o envOptions) {
+	o.extra = []string{"db_timeout 700ms"}
+	e, _ := startEnv(t, o)
+	if !o.portable && !e.procedurePath(t) {
 		t.Skipf("%s has no procedure path", e.engine(t))
+	}
+	if !o.portable && !o.ordinary {
+		e.db.AddRoom(t, "WARM", e.visitor, time.Now().UTC(), nil)
+		expect(t, e.post(t, closeBody("WARM", e.visitor.Token)), 200, `{"rid":"WARM","success":true}`)
 	}
 	before := e.snapshot(t)
 	ctx := context.Background()
@@ -120,6 +129,7 @@ func TestStallAtTransactionEdges(t *testing.T) {
 	type stallCase struct {
 		name      string
 		portable  bool   // the gateway writes by the portable transaction
+		fast      bool   // a recent closer's close: one CALL of the fast close's procedure
 		freeze    []byte // the bytes a client sends that start the stall
 		deliver   bool   // they reach the server before the stall
 		thaw      func(*testdb.Proxy)
@@ -135,23 +145,32 @@ func TestStallAtTransactionEdges(t *testing.T) {
 	cases := []stallCase{
 		// COMMIT never reaches the server and the connection dies: the close
 		// did not happen, and a retry closes the room.
-		{"COMMIT held, then the link drops", true, query("COMMIT"), false, dropLink, 200, closedOK},
+		{"COMMIT held, then the link drops", true, false, query("COMMIT"), false, dropLink, 200, closedOK},
 		// COMMIT reaches the server, its answer is lost: the close landed
 		// although the client got 503; a retry answers room-closed.
-		{"COMMIT applied, answer lost", true, query("COMMIT"), true, thawed, 400, roomClosed},
-		{"BEGIN held", true, query("START TRANSACTION"), false, dropLink, 200, closedOK},
+		{"COMMIT applied, answer lost", true, false, query("COMMIT"), true, thawed, 400, roomClosed},
+		{"BEGIN held", true, false, query("START TRANSACTION"), false, dropLink, 200, closedOK},
 	}
 	if testServerHasProcedures(t, testdb.New(t)) {
 		// One CALL is the whole write, and commits: held, nothing happened;
 		// applied with its answer lost, the close landed.
 		cases = append(cases,
-			stallCase{"CALL held, then the link drops", false, call, false, dropLink, 200, closedOK},
-			stallCase{"CALL applied, answer lost", false, call, true, thawed, 400, roomClosed},
+			stallCase{"CALL held, then the link drops", false, false, call, false, dropLink, 200, closedOK},
+			stallCase{"CALL applied, answer lost", false, false, call, true, thawed, 400, roomClosed},
+			stallCase{"fast CALL held, then the link drops", false, true, call, false, dropLink, 200, closedOK},
+			stallCase{"fast CALL applied, answer lost", false, true, call, true, thawed, 400, roomClosed},
 		)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			e, proxy := startEnv(t, envOptions{extra: []string{fmt.Sprintf("db_timeout %s", timeout)}, proxied: true, portable: c.portable})
+			e, proxy := startEnv(t, envOptions{extra: []string{fmt.Sprintf("db_timeout %s", timeout)}, proxied: true,
+				portable: c.portable, ordinary: !c.portable && !c.fast})
+			written := 0 // messages and outbox rows each
+			if c.fast {
+				e.db.AddRoom(t, "WARM", e.visitor, time.Now().UTC(), nil)
+				expect(t, e.post(t, closeBody("WARM", e.visitor.Token)), 200, `{"rid":"WARM","success":true}`)
+				written = 1
+			}
 			proxy.FreezeWhenSent(c.freeze, c.deliver)
 			start := time.Now()
 			got := e.post(t, closeBody(e.roomID, e.visitor.Token))
@@ -173,11 +192,11 @@ func TestStallAtTransactionEdges(t *testing.T) {
 			if e.room(t, e.roomID).open {
 				t.Fatal("the room is still open")
 			}
-			if n := e.db.Count(t, "messages"); n != 1 {
-				t.Fatalf("%d messages, want exactly 1", n)
+			if n := e.db.Count(t, "messages"); n != written+1 {
+				t.Fatalf("%d messages, want exactly %d", n, written+1)
 			}
-			if n := e.db.Count(t, "room_events"); n != 1 {
-				t.Fatalf("%d outbox rows, want exactly 1", n)
+			if n := e.db.Count(t, "room_events"); n != written+1 {
+				t.Fatalf("%d outbox rows, want exactly %d", n, written+1)
 			}
 		})
 	}

@@ -208,25 +208,47 @@ func TestOverloadIsNotADatabaseFailure(t *testing.T) {
 			t.Errorf("got %d %s", r.status, r.body)
 		}
 	}
-	time.Sleep(1500 * time.Millisecond) // the last count's line is due within a second
-	after := scrape(t, e)
-	key := func(o string) string { return fmt.Sprintf(`caddy_rocketchat_voip_requests_total{outcome="%s"}`, o) }
-	overloaded := after[key("overloaded")] - before[key("overloaded")]
-	t.Logf("of %d: %v overloaded, %v unavailable, %v unauthorized", n, overloaded, after[key("unavailable")]-before[key("unavailable")], after[key("unauthorized")]-before[key("unauthorized")])
+	var after map[string]float64
+	grew := func(o string) float64 {
+		key := fmt.Sprintf(`caddy_rocketchat_voip_requests_total{outcome="%s"}`, o)
+		return after[key] - before[key]
+	}
+	// A request is counted just after its answer is written.
+	waitFor(t, "every request to be counted", func() bool {
+		after = scrape(t, e)
+		return grew("overloaded")+grew("unavailable")+grew("unauthorized") >= n
+	})
+	overloaded := grew("overloaded")
+	t.Logf("of %d: %v overloaded, %v unavailable, %v unauthorized", n, overloaded, grew("unavailable"), grew("unauthorized"))
 	if overloaded < n/4 {
 		t.Fatalf("overloaded grew by %v, want at least %d", overloaded, n/4)
 	}
-	total := overloaded + after[key("unavailable")] - before[key("unavailable")] + after[key("unauthorized")] - before[key("unauthorized")]
-	if total != n {
+	if total := overloaded + grew("unavailable") + grew("unauthorized"); total != n {
 		t.Errorf("overloaded + unavailable + unauthorized = %v, want %d", total, n)
 	}
 
+	// The last count's line is due within a second.
+	var logs []byte
+	var logged float64
+	var lines int
+	waitFor(t, "the shed lines to count every overloaded request", func() bool {
+		logs, logged, lines = shedLines(t, moduleLog)
+		return logged >= overloaded
+	})
+	if logged != overloaded || lines == 0 || lines > 3 {
+		t.Fatalf("%d warn lines counting %v shed requests, want 1 to 3 lines counting %v:\n%s", lines, logged, overloaded, logs)
+	}
+}
+
+// shedLines reads the module's log and sums the warn lines that count shed
+// (overloaded) requests; a line about an overloaded request at another
+// level fails the test.
+func shedLines(t *testing.T, moduleLog string) (logs []byte, logged float64, lines int) {
+	t.Helper()
 	logs, err := os.ReadFile(moduleLog)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logged float64
-	var lines int
 	for _, line := range strings.Split(string(logs), "\n") {
 		var entry struct {
 			Level, Msg, Outcome string
@@ -240,12 +262,10 @@ func TestOverloadIsNotADatabaseFailure(t *testing.T) {
 			logged += entry.Requests
 			lines++
 		case entry.Outcome == "overloaded":
-			t.Errorf("an overloaded request logged at %s: %s", entry.Level, line)
+			t.Fatalf("an overloaded request logged at %s: %s", entry.Level, line)
 		}
 	}
-	if logged != overloaded || lines == 0 || lines > 3 {
-		t.Fatalf("%d warn lines counting %v shed requests, want 1 to 3 lines counting %v:\n%s", lines, logged, overloaded, logs)
-	}
+	return logs, logged, lines
 }
 
 // While a flood of made-up credentials fills the queue for the database
@@ -273,7 +293,8 @@ func TestAgentsGoAheadOfAFlood(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond) // the flood is queued
+	waiting := fmt.Sprintf(`caddy_rocketchat_voip_db_waiting{database="tcp(%s)/%s"}`, proxy.Addr, e.db.Name)
+	waitFor(t, "the flood to queue for the slot", func() bool { return scrape(t, e)[waiting] >= n/2 })
 	expect(t, e.post(t, closeBody("ROOM2", e.visitor.Token)), 200, `{"rid":"ROOM2","success":true}`)
 	wg.Wait()
 	after := scrape(t, e)
@@ -339,5 +360,15 @@ func TestNewAgentIsNotStarvedByKnownOnes(t *testing.T) {
 	expect(t, got, 200, `{"rid":"ROOM2","success":true}`)
 	if !e.room(t, "ROOM2").closed() {
 		t.Fatal("ROOM2 is still open")
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for %s", what)
+		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -169,14 +170,16 @@ func TestLateDatabaseMigratedByOneSite(t *testing.T) {
 func TestLateDatabaseWaitsForTheSchema(t *testing.T) {
 	db := testdb.NewEmpty(t, nil)
 	addr, dsn := awayAddr(t, db)
-	cfg := sitesSharingDSN(t, dsn, "")
+	moduleLog := filepath.Join(t.TempDir(), "caddy.log")
+	cfg := strings.Replace(sitesSharingDSN(t, dsn, ""), "output discard", "output file "+moduleLog+"\n\t\tformat json", 1)
 	if err := testcaddy.Load(cfg); err != nil {
 		t.Fatalf("the config did not load without its database: %v", err)
 	}
 	t.Cleanup(func() { caddy.Stop() }) //nolint:errcheck
 	testdb.StartProxyOn(t, addr, db.Cfg.Addr)
 	ports := sitePorts(cfg)
-	time.Sleep(1500 * time.Millisecond) // the pool reaches the server and finds the schema outdated
+	// The pool reaches the server and finds the schema outdated.
+	waitForLogLine(t, moduleLog, "database schema outdated and no site migrates it", 10*time.Second)
 	for _, port := range ports {
 		if status := closeStatus(t, port); status != 503 {
 			t.Fatalf("site on port %s answers %d on an outdated schema, want 503", port, status)

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	rocketchatvoip "github.com/edgevoip/caddy-rocketchat-voip"
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/store"
 )
 
@@ -61,7 +63,7 @@ func TestMetrics(t *testing.T) {
 	want := map[string]float64{
 		"closed": 1, "unauthorized": 2, "forbidden": 1, "room_closed": 1, "invalid_params": 1, "rate_limited": 1,
 		"invalid_token": 0, "invalid_room": 0, "too_large": 0, "unreadable_body": 0, "unavailable": 0,
-		"overloaded": 0, "body_budget": 0,
+		"overloaded": 0, "body_budget": 0, "stale": 0, "unknown_upstream": 0,
 		"client_closed": 0, "internal_error": 0,
 	}
 	// Every outcome has its series from the start, and no other exists.
@@ -93,6 +95,9 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("%s = %v; series: %v", open, after[open], after)
 	}
 	// The database is in use (systemtest/latedb_test.go sees it 0 first).
+	if info := fmt.Sprintf(`caddy_rocketchat_voip_build_info{schema_version="%d",version="%s"}`, schema.Latest(), rocketchatvoip.Version); after[info] != 1 {
+		t.Errorf("%s = %v, want 1", info, after[info])
+	}
 	if up := fmt.Sprintf(`caddy_rocketchat_voip_db_up{database="tcp(%s)/%s"}`, e.db.Cfg.Addr, e.db.Name); after[up] != 1 {
 		t.Errorf("%s = %v, want 1", up, after[up])
 	}

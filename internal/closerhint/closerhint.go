@@ -27,7 +27,18 @@ type Set struct {
 	slots [slots]atomic.Pointer[entry]
 }
 
-type entry struct{ userID, hashedToken string }
+type entry struct {
+	userID, hashedToken string
+	known               *Known // nil: added without what was learned
+}
+
+// Known is what the last authentication of a pair learned of its user,
+// which a close by the same credentials expects to find again (the
+// database checks that it still holds).
+type Known struct {
+	Username, Name  string // "" for NULL
+	BypassRateLimit bool
+}
 
 // New returns an empty set.
 func New() *Set { return &Set{seed: maphash.MakeSeed()} }
@@ -58,6 +69,24 @@ func (s *Set) Add(userID, hashedToken string) {
 	if !p.Load().is(userID, hashedToken) {
 		p.Store(&entry{userID: userID, hashedToken: hashedToken})
 	}
+}
+
+// Remember is Add with what was learned of the user.
+func (s *Set) Remember(userID, hashedToken string, k Known) {
+	p := s.slot(userID, hashedToken)
+	if e := p.Load(); e.is(userID, hashedToken) && e.known != nil && *e.known == k {
+		return
+	}
+	p.Store(&entry{userID: userID, hashedToken: hashedToken, known: &k})
+}
+
+// Lookup returns what Remember last learned of the pair; false when the
+// pair is not remembered, or was added without it.
+func (s *Set) Lookup(userID, hashedToken string) (Known, bool) {
+	if e := s.slot(userID, hashedToken).Load(); e.is(userID, hashedToken) && e.known != nil {
+		return *e.known, true
+	}
+	return Known{}, false
 }
 
 // Remove forgets the pair, if it is remembered.

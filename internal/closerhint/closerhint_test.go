@@ -29,6 +29,33 @@ func TestSet(t *testing.T) {
 	}
 }
 
+// Lookup returns what Remember last learned, and nothing for a pair added
+// without it or removed.
+func TestRemember(t *testing.T) {
+	s := New()
+	s.Add("u1", "h1")
+	if _, ok := s.Lookup("u1", "h1"); ok {
+		t.Fatal("Lookup found what Add never learned")
+	}
+	k := Known{Username: "agent", Name: "Agent", BypassRateLimit: true}
+	s.Remember("u1", "h1", k)
+	if got, ok := s.Lookup("u1", "h1"); !ok || got != k || !s.Has("u1", "h1") {
+		t.Fatalf("Lookup: %+v, %v; want %+v", got, ok, k)
+	}
+	if _, ok := s.Lookup("u1", "h2"); ok {
+		t.Fatal("Lookup found another pair")
+	}
+	k.BypassRateLimit = false
+	s.Remember("u1", "h1", k)
+	if got, _ := s.Lookup("u1", "h1"); got != k {
+		t.Fatalf("after a second Remember: %+v, want %+v", got, k)
+	}
+	s.Remove("u1", "h1")
+	if _, ok := s.Lookup("u1", "h1"); ok {
+		t.Fatal("Lookup found a removed pair")
+	}
+}
+
 // TestSetIsBounded: past its size, the set forgets old pairs rather than
 // grow, and never claims a pair it was not given.
 func TestSetIsBounded(t *testing.T) {

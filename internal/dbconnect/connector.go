@@ -51,9 +51,10 @@ func (s *server) passOver() {
 // NewConnector returns a connector for cfg's servers.
 func NewConnector(cfg *Config) (*Connector, error) {
 	c := &Connector{}
-	for _, addr := range cfg.Servers {
+	for i, addr := range cfg.Servers {
 		mc := cfg.Config.Clone()
 		mc.Addr = addr
+		mc.TLS = cfg.tlsFor(i)
 		inner, err := mysql.NewConnector(mc)
 		if err != nil {
 			return nil, err

@@ -7,6 +7,7 @@ package dbconnect
 
 import (
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"database/sql/driver"
 	"errors"
@@ -24,6 +25,10 @@ type Config struct {
 	// Servers are the host:port addresses of a tcp DSN, in the order given;
 	// one entry for a single server or a unix socket.
 	Servers []string
+	// serverTLS is each server's TLS settings when there are several (nil
+	// otherwise): the driver checks a certificate against the name of the
+	// address it parsed, so mysql.Config.TLS names the first server only.
+	serverTLS []*tls.Config
 }
 
 // SessionSQLMode is the sql_mode of every session the module opens, whatever
@@ -39,9 +44,13 @@ const SessionSQLMode = "STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION"
 // sql_mode (SessionSQLMode, in place of any the DSN sets), and a dial
 // timeout.
 func ParseDSN(dsn string) (*Config, error) {
-	servers, single, err := splitServers(dsn)
+	servers, dsnFor, err := splitServers(dsn)
 	if err != nil {
 		return nil, err
+	}
+	single := dsn
+	if len(servers) > 0 {
+		single = dsnFor(servers[0])
 	}
 	cfg, err := mysql.ParseDSN(single)
 	if err != nil {
@@ -59,42 +68,60 @@ func ParseDSN(dsn string) (*Config, error) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Second // dialing; request work is bounded by its context
 	}
+	c := &Config{Config: cfg, Servers: servers}
 	if len(servers) == 0 {
-		servers = []string{cfg.Addr}
+		c.Servers = []string{cfg.Addr}
+		return c, nil
 	}
-	if cfg.Net == "tcp" {
-		for i, s := range servers {
-			if c, err := mysql.ParseDSN("tcp(" + s + ")/"); err == nil {
-				servers[i] = c.Addr // with the default port added
-			}
+	for i, s := range servers {
+		// Each server's settings are what the driver makes of a DSN naming
+		// it alone: its address with the default port added, and with TLS
+		// its own name to check the certificate against (unless the DSN's
+		// TLS config names one, or skips the check).
+		one, err := mysql.ParseDSN(dsnFor(s))
+		if err != nil {
+			return nil, fmt.Errorf("invalid dsn: %v", err)
+		}
+		c.Servers[i] = one.Addr
+		if cfg.TLS != nil {
+			c.serverTLS = append(c.serverTLS, one.TLS)
 		}
 	}
-	return &Config{Config: cfg, Servers: servers}, nil
+	return c, nil
 }
 
-// splitServers cuts the server list out of a tcp DSN and returns it with the
-// DSN rewritten to name the first server only. It finds the address the way
-// the driver does: the last '/' ends it, the last '@' before that starts it.
-func splitServers(dsn string) ([]string, string, error) {
+// tlsFor is the TLS settings for the i'th server.
+func (c *Config) tlsFor(i int) *tls.Config {
+	if i < len(c.serverTLS) {
+		return c.serverTLS[i].Clone()
+	}
+	return c.TLS.Clone()
+}
+
+// splitServers cuts the server list out of a tcp DSN with several, and
+// returns it with a function that rewrites the DSN to name one server only
+// (none for any other DSN). It finds the address the way the driver does:
+// the last '/' ends it, the last '@' before that starts it.
+func splitServers(dsn string) ([]string, func(server string) string, error) {
 	slash := strings.LastIndexByte(dsn, '/')
 	if slash < 0 {
-		return nil, dsn, nil
+		return nil, nil, nil
 	}
 	head := dsn[:slash]
 	at := strings.LastIndexByte(head, '@')
 	netAddr := head[at+1:]
 	addrs, ok := strings.CutPrefix(netAddr, "tcp(")
 	if !ok || !strings.HasSuffix(addrs, ")") || !strings.Contains(addrs, ",") {
-		return nil, dsn, nil
+		return nil, nil, nil
 	}
 	var servers []string
 	for _, s := range strings.Split(strings.TrimSuffix(addrs, ")"), ",") {
 		if s = strings.TrimSpace(s); s == "" {
-			return nil, "", errors.New("invalid dsn: empty server in the address list")
+			return nil, nil, errors.New("invalid dsn: empty server in the address list")
 		}
 		servers = append(servers, s)
 	}
-	return servers, dsn[:at+1] + "tcp(" + servers[0] + ")" + dsn[slash:], nil
+	return servers, func(server string) string { return dsn[:at+1] + "tcp(" + server + ")" + dsn[slash:] }, nil
 }
 
 // String names the servers and database without the credentials.

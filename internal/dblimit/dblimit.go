@@ -17,6 +17,13 @@
 //
 // The floor is the bound for a database that queues even at light load (the
 // same machine, a small server): the limit then stays at the floor.
+//
+// Congested tells work that comes after the requests (the outbox) when the
+// database is their bottleneck: requests have lately spent a good share of
+// their time waiting for slots. Waits follow from the rules above: the
+// limit rises while the database keeps up, so requests queue for slots only
+// once it no longer does (round trips slow down and the limit falls, or the
+// limit is at the ceiling).
 package dblimit
 
 import (
@@ -39,6 +46,15 @@ const (
 	// real agents keep most of a saturated database, and an agent not yet
 	// known (its first close on this gateway) is never starved by them.
 	AheadShare = 3
+	// CongestionWindow is how long a verdict of Congested lasts: slot waits
+	// are summed over windows this long, and a congested window makes
+	// Congested true until the end of the next.
+	CongestionWindow = 500 * time.Millisecond
+	// CongestionShare: a window is congested when requests spent at least
+	// 1/CongestionShare as long waiting for slots as holding them. A short
+	// wait when a burst of requests meets the limit is not congestion;
+	// requests that queue behind every slot are.
+	CongestionShare = 4
 )
 
 // Limiter hands out slots in arrival order. The zero value is not usable;
@@ -64,6 +80,13 @@ type Limiter struct {
 	minCur     time.Duration
 	minPrev    time.Duration
 	windowFrom time.Time
+
+	// Slot waits, for Congested: the current window's time spent waiting
+	// for slots and holding them, and whether the window before it was
+	// congested.
+	pressureFrom       time.Time
+	waitedFor, heldFor time.Duration
+	congestedBefore    bool
 }
 
 // New returns a limiter between floor and ceiling (ceiling below floor is
@@ -91,6 +114,13 @@ func (l *Limiter) Limit() int {
 	return l.limit
 }
 
+// Waiting is how many requests wait for a slot now.
+func (l *Limiter) Waiting() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.waiters) + len(l.ahead)
+}
+
 // Acquire waits for a slot, in arrival order, until ctx is done. Every nil
 // return must be followed by one Release or ReleaseFailed.
 func (l *Limiter) Acquire(ctx context.Context) error { return l.acquire(ctx, &l.waiters) }
@@ -116,11 +146,15 @@ func (l *Limiter) acquire(ctx context.Context, queue *[]chan struct{}) error {
 	l.busy = true
 	ready := make(chan struct{})
 	*queue = append(*queue, ready)
+	queued := l.now()
 	l.mu.Unlock()
 
 	select {
 	case <-ready:
 		if ctx.Err() == nil {
+			l.mu.Lock()
+			l.countWait(queued)
+			l.mu.Unlock()
 			return nil
 		}
 		// Handed a slot as ctx ended (select picks either when both are
@@ -129,6 +163,7 @@ func (l *Limiter) acquire(ctx context.Context, queue *[]chan struct{}) error {
 	case <-ctx.Done():
 	}
 	l.mu.Lock()
+	l.countWait(queued)
 	for i, w := range *queue {
 		if w == ready {
 			*queue = append((*queue)[:i], (*queue)[i+1:]...)
@@ -152,6 +187,8 @@ func (l *Limiter) Release(held time.Duration, roundTrips int) {
 	if roundTrips > 0 {
 		l.sample(held / time.Duration(roundTrips))
 	}
+	l.rollWindow()
+	l.heldFor += held
 	l.inFlight--
 	l.handOff()
 }
@@ -192,6 +229,42 @@ func (l *Limiter) sample(perRoundTrip time.Duration) {
 		l.setLimit(min(l.ceiling, l.limit+1))
 	}
 	l.sum, l.n, l.busy = 0, 0, l.inFlight >= l.limit
+}
+
+// Congested reports whether the database has lately been the requests'
+// bottleneck: in this window or the one before it (CongestionWindow),
+// requests spent at least 1/CongestionShare as long waiting for slots as
+// holding them. Work that should give way to the requests (the outbox's
+// catch-up) yields while it is true; while it is false the database has
+// room for more than the requests.
+func (l *Limiter) Congested() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rollWindow()
+	return l.congestedBefore || l.congestedNow()
+}
+
+// countWait adds the wait of a request queued at queued, which has its
+// slot or has given up.
+func (l *Limiter) countWait(queued time.Time) {
+	l.rollWindow()
+	l.waitedFor += l.now().Sub(queued)
+}
+
+func (l *Limiter) congestedNow() bool {
+	return l.waitedFor > 0 && l.waitedFor*CongestionShare >= l.heldFor
+}
+
+// rollWindow starts a new window once the current one is over; a window
+// with no requests at all leaves nothing congested.
+func (l *Limiter) rollWindow() {
+	now := l.now()
+	elapsed := now.Sub(l.pressureFrom)
+	if elapsed < CongestionWindow {
+		return
+	}
+	l.congestedBefore = elapsed < 2*CongestionWindow && l.congestedNow()
+	l.waitedFor, l.heldFor, l.pressureFrom = 0, 0, now
 }
 
 func (l *Limiter) setLimit(n int) {

@@ -163,10 +163,7 @@ func TestAheadGoesFirst(t *testing.T) {
 func waitForWaiters(t *testing.T, l *Limiter, n int) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		l.mu.Lock()
-		got := len(l.waiters) + len(l.ahead)
-		l.mu.Unlock()
-		if got == n {
+		if l.Waiting() == n {
 			return
 		}
 	}
@@ -309,4 +306,113 @@ func TestOthersGetAShareWhileAheadWait(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("slots went to\n%v\nwant\n%v", got, want)
 	}
+}
+
+// clock is a fake time for the limiter, moved by hand.
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time          { return c.t }
+func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
+func newClocked(floor, ceiling int) (*Limiter, *clock) {
+	c := &clock{t: time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)}
+	l := New(floor, ceiling)
+	l.now = c.now
+	return l, c
+}
+
+// serve runs n requests one after another, none of them waiting, each
+// holding its slot for a millisecond.
+func serve(t *testing.T, l *Limiter, n int) {
+	t.Helper()
+	for range n {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		l.Release(time.Millisecond, 1)
+	}
+}
+
+// waitOnce makes one request wait for a slot for wait: it holds every
+// slot, queues one more, and lets everything go, each request having held
+// its slot for a millisecond.
+func waitOnce(t *testing.T, l *Limiter, c *clock, wait time.Duration) {
+	t.Helper()
+	n := l.Limit()
+	for range n {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan error)
+	go func() { got <- l.Acquire(context.Background()) }()
+	waitForWaiters(t, l, 1)
+	c.advance(wait)
+	l.Release(time.Millisecond, 1)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		l.Release(time.Millisecond, 1)
+	}
+}
+
+func expectCongested(t *testing.T, l *Limiter, want bool, after string) {
+	t.Helper()
+	if got := l.Congested(); got != want {
+		t.Fatalf("Congested() = %v after %s, want %v", got, after, want)
+	}
+}
+
+// Congested follows the time requests wait for slots, not the requests:
+// every slot in use with no one waiting, or a short wait, leaves room;
+// waits of a quarter of the time slots are held are congestion, which lasts
+// until a window goes by without it.
+func TestCongestedFollowsSlotWaits(t *testing.T) {
+	l, c := newClocked(2, 2)
+	expectCongested(t, l, false, "no requests")
+	for range 50 {
+		fill(t, l, time.Millisecond)
+	}
+	expectCongested(t, l, false, "every slot in use, no one waiting")
+
+	c.advance(CongestionWindow)
+	serve(t, l, 40)
+	waitOnce(t, l, c, 5*time.Millisecond) // 5 ms waiting, 43 ms held
+	expectCongested(t, l, false, "a short wait")
+
+	c.advance(CongestionWindow)
+	serve(t, l, 20)
+	waitOnce(t, l, c, 10*time.Millisecond) // 10 ms waiting, 23 ms held
+	expectCongested(t, l, true, "waits of over a quarter of the time held")
+
+	c.advance(CongestionWindow)
+	serve(t, l, 100)
+	expectCongested(t, l, true, "the window after a congested one")
+
+	c.advance(CongestionWindow)
+	expectCongested(t, l, false, "a window without waits")
+
+	waitOnce(t, l, c, 100*time.Millisecond)
+	expectCongested(t, l, true, "waits again")
+	c.advance(time.Minute)
+	expectCongested(t, l, false, "a minute without requests")
+
+	// A request that gives up waiting waited too.
+	for range 2 {
+		if err := l.Acquire(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan error)
+	go func() { gaveUp <- l.Acquire(ctx) }()
+	waitForWaiters(t, l, 1)
+	c.advance(50 * time.Millisecond)
+	cancel()
+	if err := <-gaveUp; err == nil {
+		t.Fatal("a cancelled wait took a slot")
+	}
+	expectCongested(t, l, true, "a request gave up waiting")
+	l.Release(time.Millisecond, 1)
+	l.Release(time.Millisecond, 1)
 }

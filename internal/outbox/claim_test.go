@@ -88,3 +88,39 @@ VALUES (?, ?, 'room.closed', '{"n": 1}', ?, ?, ?, ?, ?, 2)`, r.id, r.rid, create
 		t.Fatalf("after the leases ran out a claim took %v, want %v", ids, want)
 	}
 }
+
+// An event found blocked by the claim's scan, whose blocker is delivered
+// (and its room woken) before the claim defers it, stays due: it is not
+// deferred until the recheck with no wake to come.
+func TestDeferSkipsABlockerDeliveredSinceTheScan(t *testing.T) {
+	db := testdb.New(t)
+	db.Exec(t, "INSERT INTO room_events (rid, type, payload, created_at) VALUES ('R', 'room.closed', '{}', NOW(3)), ('R', 'room.closed', '{}', NOW(3))")
+	ctx := context.Background()
+	st, err := NewStore(ctx, db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// Another claimer delivers the first event between this claim's scan
+	// and its writes.
+	st.afterScan = func() {
+		db.Exec(t, "UPDATE room_events SET delivery_state = 'delivered', delivered_at = NOW(3) WHERE rid = 'R' ORDER BY id LIMIT 1")
+	}
+	now := time.Now().UTC()
+	recheck := now.Add(time.Hour)
+	if _, _, err := st.Claim(ctx, "gw", now, time.Minute, 16, 32, recheck); err != nil {
+		t.Fatal(err)
+	}
+	if n := db.Count(t, "room_events WHERE rid = 'R' AND delivery_state = 'pending' AND next_attempt_at IS NOT NULL"); n != 0 {
+		t.Fatal("the second event was deferred to the recheck though nothing blocks it any more")
+	}
+	// Still blocked at the defer: deferred, as before.
+	st.afterScan = nil
+	db.Exec(t, "INSERT INTO room_events (rid, type, payload, created_at) VALUES ('Q', 'room.closed', '{}', NOW(3)), ('Q', 'room.closed', '{}', NOW(3))")
+	if _, _, err := st.Claim(ctx, "gw", now, time.Minute, 16, 32, recheck); err != nil {
+		t.Fatal(err)
+	}
+	if n := db.Count(t, "room_events WHERE rid = 'Q' AND claimed_by IS NULL AND next_attempt_at IS NOT NULL"); n != 1 {
+		t.Fatal("an event behind a pending one of its room was not deferred")
+	}
+}

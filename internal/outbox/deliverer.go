@@ -8,14 +8,19 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	mrand "math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unicode/utf8"
 )
 
 // Headers of a delivery.
@@ -27,7 +32,9 @@ const (
 
 // Config says where and how events are delivered.
 type Config struct {
-	URL    string
+	URL string
+	// Secret signs each delivery (see Sign); empty sends them unsigned,
+	// which the app allows only when the user says so.
 	Secret []byte
 	// Timeout bounds one POST.
 	Timeout time.Duration
@@ -48,16 +55,28 @@ type Config struct {
 	// Retain is how long delivered events are kept before they are
 	// purged; 0 keeps them.
 	Retain time.Duration
-	// Busy, when set, reports that the gateway is serving requests that
-	// come before the outbox (closes): a catch-up then yields, working a
+	// Congested, when set, reports that the database is the bottleneck of
+	// the requests that come before the outbox (closes waiting for their
+	// slots, dblimit.Limiter.Congested): a catch-up then yields, working a
 	// tenth of the time (yieldShare), so that a drained backlog does not
-	// take the CPU and the database the closes need.
-	Busy func() bool
+	// take the database the closes need. Closes that merely happen do not
+	// slow the outbox: while the database has room for both, it delivers
+	// at full speed, and its lag stays within a batch or two.
+	Congested func() bool
 }
 
-// yieldShare is the share of the time a catch-up works while Busy: after
-// each full batch it pauses nine times as long as the batch took.
+// yieldShare is the share of the time a catch-up works while Congested:
+// after each full batch it pauses nine times as long as the batch took.
 const yieldShare = 0.1
+
+// catchUpLoops is how many more claim loops run while more is due at once
+// and the closes are not congested. One loop's pace is bound by its round
+// trips (a claim, the POSTs, the marks, one after another), not by what the
+// database can take, so a backlog drains faster with more of them while
+// the database has room. Each extra loop claims its own batches, as another
+// gateway would, so each room's order holds; they stop as soon as a claim
+// is not full or the closes need the database.
+const catchUpLoops = 3
 
 const (
 	// scanFactor × Batch due events are read per claim at most: enough to
@@ -88,8 +107,10 @@ type Deliverer struct {
 	client *http.Client
 	obs    Observer
 	id     string // this gateway's claim prefix
-	seq    uint64
-	now    func() time.Time
+	seq    atomic.Uint64
+	// catchingUp counts the catch-up loops running.
+	catchingUp atomic.Int32
+	now        func() time.Time
 }
 
 // NewDeliverer returns a deliverer; Run starts it.
@@ -99,7 +120,7 @@ func NewDeliverer(store *Store, cfg Config, obs Observer) *Deliverer {
 	return &Deliverer{
 		store:  store,
 		cfg:    cfg,
-		client: &http.Client{Timeout: cfg.Timeout},
+		client: newClient(cfg.Timeout),
 		obs:    obs,
 		id:     hex.EncodeToString(b[:]),
 		now:    func() time.Time { return time.Now().UTC().Truncate(time.Millisecond) },
@@ -123,26 +144,52 @@ func (d *Deliverer) Run(ctx context.Context) {
 		claimedAt, n, full := d.once(ctx)
 		d.refreshStatus(ctx, &status)
 		if n == d.cfg.Batch || full {
-			// More is due at once: a catch-up, which gives way to closes.
-			if d.cfg.Busy != nil && d.cfg.Busy() {
+			// More is due at once: a catch-up, which gives way to closes
+			// when they are congested, and otherwise takes more loops.
+			if d.congested() {
 				pause := time.Duration(float64(time.Since(from)) * (1/yieldShare - 1))
 				select {
 				case <-ctx.Done():
 				case <-time.After(min(pause, d.cfg.PollInterval*4)):
 				}
+				continue
+			}
+			for d.catchingUp.Load() < catchUpLoops {
+				d.catchingUp.Add(1)
+				wg.Go(func() {
+					defer d.catchingUp.Add(-1)
+					d.catchUp(ctx)
+				})
 			}
 			continue
 		}
 		// Nothing more was due: wait for the earliest retry, or poll_interval
 		// for new events, whichever comes first. A retry that fell due since
-		// the claim looked is due now.
+		// the claim looked is due now. While closes keep coming (this claim
+		// found some) and the database has room, the next claim follows
+		// after as long as this batch took instead: a steady stream is then
+		// delivered within a batch or two of each close, not a poll_interval.
 		wait := d.cfg.PollInterval
-		if next, ok, err := d.store.NextDue(ctx, claimedAt); err == nil && ok {
+		if took := time.Since(from); n > 0 && took < wait && !d.congested() {
+			wait = took
+		} else if next, ok, err := d.store.NextDue(ctx, claimedAt); err == nil && ok {
 			wait = max(0, min(wait, time.Until(next)))
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
+		}
+	}
+}
+
+func (d *Deliverer) congested() bool { return d.cfg.Congested != nil && d.cfg.Congested() }
+
+// catchUp claims and delivers batches beside Run's loop while each claim
+// is full and the closes are not congested.
+func (d *Deliverer) catchUp(ctx context.Context) {
+	for ctx.Err() == nil {
+		if _, n, full := d.once(ctx); (n < d.cfg.Batch && !full) || d.congested() {
+			return
 		}
 	}
 }
@@ -228,8 +275,7 @@ func (d *Deliverer) purge(ctx context.Context) {
 // looked for due events, the batch's size, and whether the claim's scan was
 // full (more may be due at once).
 func (d *Deliverer) once(ctx context.Context) (time.Time, int, bool) {
-	d.seq++
-	owner := d.id + "-" + strconv.FormatUint(d.seq, 10)
+	owner := d.id + "-" + strconv.FormatUint(d.seq.Add(1), 10)
 	now := d.now()
 	events, full, err := d.store.Claim(ctx, owner, now, d.cfg.Lease, d.cfg.Batch, scanFactor*d.cfg.Batch, now.Add(d.cfg.BackoffMax))
 	if err != nil {
@@ -311,34 +357,95 @@ func Encode(e Event) []byte {
 	return b
 }
 
-// Sign is the signature header's value for body: "sha256=" and the hex
-// HMAC-SHA256 of the body under secret.
-func Sign(secret, body []byte) string {
+// Sign is the signature header's value for a delivery: "t=" and the Unix
+// time in seconds, then ",v1=" and the hex HMAC-SHA256, under secret, of
+// the time, the delivery id and the body, joined by dots:
+//
+//	HMAC-SHA256(secret, "<t>.<delivery id>.<body>")
+//
+// Covering the time lets a receiver refuse a stale copy; covering the id,
+// a copy sent again under another X-RocketChat-Voip-Delivery.
+func Sign(secret []byte, t time.Time, deliveryID int64, body []byte) string {
+	ts := strconv.FormatInt(t.Unix(), 10)
 	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(ts + "." + strconv.FormatInt(deliveryID, 10) + "."))
 	mac.Write(body)
-	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	return "t=" + ts + ",v1=" + hex.EncodeToString(mac.Sum(nil))
+}
+
+// newClient is the webhook's HTTP client. It never follows a redirect: a
+// receiver (or whoever answers for its name) could otherwise send the
+// signed POST anywhere the gateway reaches, Caddy's admin API included.
+func newClient(timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout:       timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+// RedactURL is raw without what may carry a secret: the query string and
+// the fragment go, a password becomes "xxxxx". It is how a webhook URL (or
+// a redirect's Location) appears in logs and in room_events.last_error.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(an unparsable URL)"
+	}
+	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+	return u.Redacted()
 }
 
 func (d *Deliverer) post(ctx context.Context, e Event) error {
 	body := Encode(e)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.cfg.URL, bytes.NewReader(body))
 	if err != nil {
-		return err
+		return redactErr(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set(HeaderEvent, e.Type)
 	req.Header.Set(HeaderDelivery, strconv.FormatInt(e.ID, 10))
 	if len(d.cfg.Secret) > 0 {
-		req.Header.Set(HeaderSignature, Sign(d.cfg.Secret, body))
+		req.Header.Set(HeaderSignature, Sign(d.cfg.Secret, d.now(), e.ID, body))
 	}
 	resp, err := d.client.Do(req)
 	if err != nil {
-		return err
+		return redactErr(err)
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) //nolint:errcheck // drained for keep-alive
 	resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	switch {
+	case resp.StatusCode >= 300 && resp.StatusCode <= 399:
+		where := "no Location"
+		if loc, err := resp.Location(); err == nil {
+			where = "Location " + clip(RedactURL(loc.String()), 120)
+		} else if resp.Header.Get("Location") != "" {
+			where = "an unparsable Location"
+		}
+		return fmt.Errorf("the receiver answered %d (%s); redirects are not followed", resp.StatusCode, where)
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		return fmt.Errorf("the receiver answered %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// clip is s cut to at most n bytes, whole characters only: the receiver
+// chooses a Location, and last_error holds 255 bytes.
+func clip(s string, n int) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// redactErr is err with the URL that net/http puts in it redacted.
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &url.Error{Op: ue.Op, URL: RedactURL(ue.URL), Err: ue.Err}
+	}
+	return err
 }

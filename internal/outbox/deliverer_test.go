@@ -7,29 +7,44 @@ import (
 	"time"
 )
 
-// goldenBody is the delivery body of goldenEvent, and goldenSignature its
-// signature under "test-webhook-secret", computed apart from this code:
+// goldenBody is the delivery body of goldenEvent; goldenSignature is its
+// signature under "test-webhook-secret" at goldenTime, computed apart from
+// this code:
 //
-//	printf '%s' '<goldenBody>' | openssl dgst -sha256 -hmac 'test-webhook-secret'
+//	printf '%s' '1764579600.42.<goldenBody>' | openssl dgst -sha256 -hmac 'test-webhook-secret'
 const (
 	goldenBody      = `{"id":42,"type":"room.closed","rid":"GOLDEN","created_at":"2026-12-01T09:00:00.120Z","payload":{"n":1}}`
-	goldenSignature = "sha256=bba5a9cbffd4f9ce092c93e4e7ac2370bc7786ceb1c83321c51d28e5bf4935b4"
+	goldenSignature = "t=1764579600,v1=03612e7300084e8910dbabde99a0a3f94aad57b1253d86c28f1102625007703c"
 )
 
-var goldenEvent = Event{ID: 42, Rid: "GOLDEN", Type: "room.closed", Payload: json.RawMessage(`{"n": 1}`),
-	CreatedAt: time.Date(2026, 12, 1, 9, 0, 0, 120e6, time.UTC)}
+var (
+	goldenEvent = Event{ID: 42, Rid: "GOLDEN", Type: "room.closed", Payload: json.RawMessage(`{"n": 1}`),
+		CreatedAt: time.Date(2026, 12, 1, 9, 0, 0, 120e6, time.UTC)}
+	goldenTime = time.Unix(1764579600, 0)
+)
 
 func TestSign(t *testing.T) {
 	for _, c := range []struct {
-		name, secret, body, want string
+		name, secret string
+		at           time.Time
+		id           int64
+		body, want   string
 	}{
-		{"the golden body", "test-webhook-secret", goldenBody, goldenSignature},
-		// printf '' | openssl dgst -sha256 -hmac 'test-webhook-secret'
-		{"an empty body", "test-webhook-secret", "", "sha256=5ba515637937b8b5e10c5afe6ce35393b8cdc623dd2e34987b4b95b67ff96249"},
+		{"the golden delivery", "test-webhook-secret", goldenTime, 42, goldenBody, goldenSignature},
+		// The id and the time are signed: another of either is another MAC.
+		// printf '%s' '1764579600.43.<goldenBody>' | openssl dgst -sha256 -hmac 'test-webhook-secret'
+		{"another delivery id", "test-webhook-secret", goldenTime, 43, goldenBody,
+			"t=1764579600,v1=51249058f2a4ebe4cf8b56977a91519b65c9013919270af471c751ad68e46f43"},
+		// printf '%s' '1764579900.42.<goldenBody>' | openssl dgst -sha256 -hmac 'test-webhook-secret'
+		{"five minutes later, sub-second digits dropped", "test-webhook-secret", goldenTime.Add(5*time.Minute + 999*time.Millisecond), 42, goldenBody,
+			"t=1764579900,v1=80a2b20c8d3f30230dd83e2ccf3e6c83e9f4fbb92a6e4e1333508475f4c752aa"},
+		// printf '%s' '1764579600.7.' | openssl dgst -sha256 -hmac 'test-webhook-secret'
+		{"an empty body", "test-webhook-secret", goldenTime, 7, "",
+			"t=1764579600,v1=7e08c272e25265e7e9cd807bdb83ff92eacca0935b73c3eba1fa0910a93bf9d4"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := Sign([]byte(c.secret), []byte(c.body)); got != c.want {
-				t.Fatalf("got %s, want %s", got, c.want)
+			if got := Sign([]byte(c.secret), c.at, c.id, []byte(c.body)); got != c.want {
+				t.Fatalf("got  %s\nwant %s", got, c.want)
 			}
 		})
 	}

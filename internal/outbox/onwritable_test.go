@@ -3,13 +3,14 @@ package outbox
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/go-sql-driver/mysql"
 )
 
 // A write is run again only when nothing of it was done: a deadlock or lock
-// wait up to three times in all, a refusal as not writable once.
+// wait up to eight times in all, a refusal as not writable once.
 func TestOnWritableRunsAgainOnlyWhatWasRolledBack(t *testing.T) {
 	deadlock := &mysql.MySQLError{Number: 1213}
 	readOnly := &mysql.MySQLError{Number: 1290}
@@ -22,8 +23,8 @@ func TestOnWritableRunsAgainOnlyWhatWasRolledBack(t *testing.T) {
 	}{
 		{"done at once", nil, 1, nil},
 		{"a deadlock, then done", []error{deadlock}, 2, nil},
-		{"two deadlocks, then done", []error{deadlock, deadlock}, 3, nil},
-		{"three deadlocks", []error{deadlock, deadlock, deadlock}, 3, deadlock},
+		{"seven deadlocks, then done", slices.Repeat([]error{deadlock}, 7), 8, nil},
+		{"eight deadlocks", slices.Repeat([]error{deadlock}, 8), 8, deadlock},
 		{"read-only, then done on the next server", []error{readOnly}, 2, nil},
 		{"read-only twice", []error{readOnly, readOnly}, 2, readOnly},
 		{"any other error", []error{other}, 1, other},

@@ -11,18 +11,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/sqlstmt"
-)
-
-// Delivery states of a room_events row.
-const (
-	StatePending   = "pending"
-	StateDelivered = "delivered"
-	StateParked    = "parked"
 )
 
 // Event is one claimed outbox row.
@@ -73,11 +68,21 @@ WHERE claimed_by = ? AND delivery_state = 'pending' ORDER BY id`
 	// deferSQL moves blocked candidates out of the due range until a later
 	// recheck, so that the claim's scan does not read them at every poll;
 	// wakeSQL brings them back as soon as the event before them is
-	// delivered. (Should another gateway deliver and wake in the instant
-	// between this claim's scan and its defer, the event waits for its
-	// recheck: later, never out of order.)
-	deferSQL = `UPDATE room_events SET next_attempt_at = ?
-WHERE id IN (%s) AND delivery_state = 'pending' AND (claim_until IS NULL OR claim_until < ?)`
+	// delivered. The defer joins the blocker again, read current as an
+	// UPDATE reads: one delivered (and its wake run) since the scan, by
+	// another gateway or another claim loop of this one, leaves its
+	// follower due, rather than deferred until the recheck with no wake to
+	// come. The check is the scan's own EXISTS, in a derived table that the
+	// GROUP BY keeps materialized (MySQL refuses a subquery on the table an
+	// UPDATE writes, and a join on every earlier event would read a long
+	// room's whole backlog per event).
+	deferSQL = `UPDATE room_events e
+JOIN (SELECT b.id FROM room_events b
+      WHERE b.id IN (%s) AND EXISTS (SELECT 1 FROM room_events p
+        WHERE p.rid = b.rid AND p.id < b.id AND p.delivery_state IN ('pending', 'parked'))
+      GROUP BY b.id) still_blocked ON still_blocked.id = e.id
+SET e.next_attempt_at = ?
+WHERE e.delivery_state = 'pending' AND (e.claim_until IS NULL OR e.claim_until < ?)`
 
 	deliveredSQL = `UPDATE room_events SET delivery_state = 'delivered', delivered_at = ?, claimed_by = NULL, claim_until = NULL
 WHERE claimed_by = ? AND id IN (%s)`
@@ -133,6 +138,9 @@ type Store struct {
 	candidates, nextDue, claimed, failed,
 	counts, oldest, purgeWindow, purgeRecord *sql.Stmt
 	all []*sql.Stmt // for Close
+	// afterScan, when set (by tests), runs between a claim's scan and its
+	// writes.
+	afterScan func()
 }
 
 // A poll's statements, for the plan test and bench/cmd/outboxbacklog to
@@ -171,10 +179,13 @@ func (s *Store) Close() error {
 // onWritable runs a write again when nothing of it was done: once when the
 // server refused it as read-only or not the group's primary (the connector
 // has passed that server over, so the rerun goes to the next), and up to
-// three times in all when InnoDB rolled it back for a deadlock or a lock
-// wait (a claim and another gateway's marks of the same rooms can deadlock;
-// a mark given up on would have its batch sent again after the lease).
-// Every write it runs is idempotent.
+// rolledBackRuns times in all when InnoDB rolled it back for a deadlock or
+// a lock wait, after a short random pause that lets the other transaction
+// finish. Claims and marks of several claim loops (of one gateway or more)
+// deadlock now and then (a mark's range of claimed_by against a wake's
+// range of rid), and a mark given up on has its batch sent again after
+// the lease, so it takes more than a couple of deadlocks to give up. Every
+// write it runs is idempotent.
 func onWritable(ctx context.Context, write func() error) error {
 	refused := false
 	for attempt := 1; ; attempt++ {
@@ -184,12 +195,21 @@ func onWritable(ctx context.Context, write func() error) error {
 			return err
 		case dbconnect.NotWritable(err) && !refused:
 			refused = true
-		case dbconnect.RolledBack(err) && attempt < 3:
+		case dbconnect.RolledBack(err) && attempt < rolledBackRuns:
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(time.Duration(mrand.Int64N(int64(attempt) * int64(5*time.Millisecond)))):
+			}
 		default:
 			return err
 		}
 	}
 }
+
+// rolledBackRuns is how often onWritable runs a write that InnoDB keeps
+// rolling back.
+const rolledBackRuns = 8
 
 // Claim leases up to limit deliverable events to owner until now+lease and
 // returns them in id order. It reads at most scan due events; those it
@@ -232,10 +252,16 @@ func (s *Store) claim(ctx context.Context, owner string, now time.Time, lease ti
 		return nil, false, err
 	}
 	full = read == scan
+	if s.afterScan != nil {
+		s.afterScan()
+	}
 	if len(blocked) > 0 {
 		// The IN lists vary with the batch, so these statements are
-		// prepared per claim (still server-side, never interpolated).
-		args := append(append([]any{recheck}, blocked...), now)
+		// prepared per claim (still server-side, never interpolated): one
+		// kept per list length would be kept on each of the pool's
+		// connections, and a few gateways would reach the server's
+		// max_prepared_stmt_count (16,382 by default).
+		args := append(blocked, recheck, now)
 		if _, err := s.db.ExecContext(ctx, fmt.Sprintf(deferSQL, placeholders(len(blocked))), args...); err != nil {
 			return nil, false, err
 		}
@@ -418,6 +444,56 @@ WHERE id >= ? AND (delivery_state = 'parked' OR (? = FALSE AND delivery_state = 
 		return 0, err
 	}
 	return res.RowsAffected()
+}
+
+// recentDeliveredSQL reads the latest delivered events, newest id first,
+// from room_events_delivery: as many index entries and rows as it returns.
+const recentDeliveredSQL = `SELECT created_at, delivered_at FROM room_events
+WHERE delivery_state = 'delivered' AND delivered_at IS NOT NULL ORDER BY id DESC LIMIT ?`
+
+// Lag is how long the latest delivered events took from their close
+// (created_at) to their delivery (delivered_at). A replayed event counts
+// from its close, so it shows as late.
+type Lag struct {
+	// N events were read, delivered between First and Last.
+	N           int
+	First, Last time.Time
+	// P50, P99 and Max are percentiles of their lag (nearest rank).
+	P50, P99, Max time.Duration
+}
+
+// RecentLag reads the lag of the latest n delivered events (by id, which
+// follows creation); N is 0 when none is delivered (or purged since).
+func RecentLag(ctx context.Context, db *sql.DB, n int) (Lag, error) {
+	rows, err := db.QueryContext(ctx, recentDeliveredSQL, n)
+	if err != nil {
+		return Lag{}, err
+	}
+	defer rows.Close()
+	var (
+		lag  Lag
+		lags []time.Duration
+	)
+	for rows.Next() {
+		var created, delivered time.Time
+		if err := rows.Scan(&created, &delivered); err != nil {
+			return Lag{}, err
+		}
+		lags = append(lags, delivered.Sub(created))
+		if lag.First.IsZero() || delivered.Before(lag.First) {
+			lag.First = delivered
+		}
+		if delivered.After(lag.Last) {
+			lag.Last = delivered
+		}
+	}
+	if err := rows.Err(); err != nil || len(lags) == 0 {
+		return Lag{}, err
+	}
+	slices.Sort(lags)
+	rank := func(p int) time.Duration { return lags[max(0, (len(lags)*p+99)/100-1)] }
+	lag.N, lag.P50, lag.P99, lag.Max = len(lags), rank(50), rank(99), lags[len(lags)-1]
+	return lag, nil
 }
 
 // ReadStatus is the outbox's status for a caller without a Store (the

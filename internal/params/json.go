@@ -1,6 +1,7 @@
 package params
 
 import (
+	"bytes"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -20,11 +21,11 @@ import (
 // (invalid JSON is {} to Rocket.Chat), notes where the values of rid, token
 // and options are, and then applies AJV's checks to those values. Strings
 // without escapes are substrings of body, so a typical valid body costs no
-// allocation; escapes, numbers coerced to strings and tags do allocate.
-func parseJSON(body string) (Params, *Error) {
-	if !utf8.ValidString(body) {
-		body = string(wellFormedUTF8([]byte(body)))
-	}
+// allocation but the strings it returns (copied out of body, which the
+// caller may reuse); escapes, numbers coerced to strings and tags allocate
+// too.
+func parseJSON(body []byte) (Params, *Error) {
+	body = wellFormedUTF8(body)
 	sc := scanner{s: body}
 	sc.ws()
 	if sc.peek() != '{' {
@@ -37,10 +38,10 @@ func parseJSON(body string) (Params, *Error) {
 		}
 		return Params{}, errRequiredRid
 	}
-	var rid, token, options string // raw values; "" when absent
+	var rid, token, options []byte // raw values; nil when absent
 	extra := false
-	ok := sc.object(func(key, value string) {
-		switch key {
+	ok := sc.object(func(key, value []byte) {
+		switch string(key) {
 		case "rid":
 			rid = value
 		case "token":
@@ -55,9 +56,9 @@ func parseJSON(body string) (Params, *Error) {
 		return Params{}, errRequiredRid // not JSON: {}
 	}
 	switch {
-	case rid == "":
+	case rid == nil:
 		return Params{}, errRequiredRid
-	case token == "":
+	case token == nil:
 		return Params{}, errRequiredToken
 	case extra:
 		return Params{}, errAdditionalProp
@@ -70,28 +71,28 @@ func parseJSON(body string) (Params, *Error) {
 	if p.Token, err = coerceRawString(token); err != nil {
 		return Params{}, err
 	}
-	if options == "" {
+	if options == nil {
 		return p, nil
 	}
 	if options[0] != '{' {
 		return Params{}, errMustBeObject
 	}
-	var comment, tags string
+	var comment, tags []byte
 	opts := scanner{s: options}
-	opts.object(func(key, value string) {
-		switch key {
+	opts.object(func(key, value []byte) {
+		switch string(key) {
 		case "comment":
 			comment = value
 		case "tags":
 			tags = value
 		}
 	})
-	if comment != "" && comment != "null" {
+	if comment != nil && string(comment) != "null" {
 		if p.Comment, err = coerceRawString(comment); err != nil {
 			return Params{}, err
 		}
 	}
-	if tags != "" {
+	if tags != nil {
 		if p.Tags, err = coerceRawTags(tags); err != nil {
 			return Params{}, err
 		}
@@ -100,7 +101,7 @@ func parseJSON(body string) (Params, *Error) {
 }
 
 // coerceRawString is coerceString for a raw JSON value.
-func coerceRawString(raw string) (string, *Error) {
+func coerceRawString(raw []byte) (string, *Error) {
 	switch raw[0] {
 	case '"':
 		return unquote(raw), nil
@@ -113,31 +114,31 @@ func coerceRawString(raw string) (string, *Error) {
 	case '{', '[':
 		return "", errMustBeString
 	default:
-		return jsNumberString(raw), nil
+		return jsNumberString(string(raw)), nil
 	}
 }
 
 // coerceRawTags is coerceTags for a raw JSON value.
-func coerceRawTags(raw string) ([]string, *Error) {
+func coerceRawTags(raw []byte) ([]string, *Error) {
 	switch raw[0] {
 	case 'n', 'f':
 		return nil, nil
 	case '"':
-		if raw == `""` {
+		if string(raw) == `""` {
 			return nil, nil
 		}
 	case '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9':
-		if jsNumberString(raw) == "0" {
+		if jsNumberString(string(raw)) == "0" {
 			return nil, nil
 		}
 	case '[':
 		n := 0
 		counter := scanner{s: raw}
-		counter.array(func(string) { n++ })
+		counter.array(func([]byte) { n++ })
 		items := make([]string, 0, n) // one allocation, and [] stays non-nil
 		var err *Error
 		sc := scanner{s: raw}
-		sc.array(func(item string) {
+		sc.array(func(item []byte) {
 			if err != nil {
 				return
 			}
@@ -154,11 +155,12 @@ func coerceRawTags(raw string) ([]string, *Error) {
 	return nil, errMustBeArray
 }
 
-// unquote decodes a JSON string literal that the scanner has validated.
-func unquote(raw string) string {
+// unquote decodes a JSON string literal that the scanner has validated,
+// into a string of its own.
+func unquote(raw []byte) string {
 	inner := raw[1 : len(raw)-1]
-	if strings.IndexByte(inner, '\\') < 0 {
-		return inner
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner)
 	}
 	var b strings.Builder
 	b.Grow(len(inner))
@@ -203,7 +205,7 @@ func unquote(raw string) string {
 	return b.String()
 }
 
-func hex4(s string) rune {
+func hex4(s []byte) rune {
 	var r rune
 	for i := 0; i < 4; i++ {
 		r = r<<4 | rune(unhex(s[i]))
@@ -213,7 +215,7 @@ func hex4(s string) rune {
 
 // scanner walks JSON text, checking its syntax as RFC 8259 has it.
 type scanner struct {
-	s string
+	s []byte
 	i int
 }
 
@@ -242,8 +244,9 @@ func (sc *scanner) end() bool {
 }
 
 // object walks the object at the cursor, calling member with each decoded
-// key and raw value, and reports whether it is well-formed.
-func (sc *scanner) object(member func(key, value string)) bool {
+// key and raw value (both valid only during the call), and reports whether
+// it is well-formed.
+func (sc *scanner) object(member func(key, value []byte)) bool {
 	sc.i++ // '{'
 	sc.ws()
 	if sc.peek() == '}' {
@@ -260,7 +263,7 @@ func (sc *scanner) object(member func(key, value string)) bool {
 		if !sc.value() {
 			return false
 		}
-		member(unquote(key), sc.s[start:sc.i])
+		member(keyName(key), sc.s[start:sc.i])
 		sc.ws()
 		switch sc.peek() {
 		case ',':
@@ -275,7 +278,7 @@ func (sc *scanner) object(member func(key, value string)) bool {
 }
 
 // array walks the array at the cursor, calling item with each raw value.
-func (sc *scanner) array(item func(value string)) bool {
+func (sc *scanner) array(item func(value []byte)) bool {
 	sc.i++ // '['
 	sc.ws()
 	if sc.peek() == ']' {
@@ -373,24 +376,34 @@ func (sc *scanner) value() bool {
 	}
 }
 
+// keyName is the decoded name of the raw key "name": the bytes between the
+// quotes, unless it has escapes.
+func keyName(raw []byte) []byte {
+	inner := raw[1 : len(raw)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return inner
+	}
+	return []byte(unquote(raw))
+}
+
 // key skips `"name" :` inside an object and returns the raw "name".
-func (sc *scanner) key() (raw string, ok bool) {
+func (sc *scanner) key() (raw []byte, ok bool) {
 	sc.ws()
 	start := sc.i
 	if sc.peek() != '"' || !sc.str() {
-		return "", false
+		return nil, false
 	}
 	raw = sc.s[start:sc.i]
 	sc.ws()
 	if sc.peek() != ':' {
-		return "", false
+		return nil, false
 	}
 	sc.i++
 	return raw, true
 }
 
 func (sc *scanner) literal(word string) bool {
-	if strings.HasPrefix(sc.s[sc.i:], word) {
+	if bytes.HasPrefix(sc.s[sc.i:], []byte(word)) {
 		sc.i += len(word)
 		return true
 	}
@@ -420,7 +433,7 @@ func (sc *scanner) str() bool {
 				if sc.i+5 > len(sc.s) {
 					return false
 				}
-				for _, h := range []byte(sc.s[sc.i+1 : sc.i+5]) {
+				for _, h := range sc.s[sc.i+1 : sc.i+5] {
 					if !isHex(h) {
 						return false
 					}

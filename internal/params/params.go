@@ -6,6 +6,7 @@
 package params
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"math"
@@ -44,8 +45,8 @@ const utf8BOM = "\ufeff"
 // trimBOMs drops the byte-order marks that Node's Request.json() drops: it
 // strips one while decoding the bytes and its TextDecoder strips a second,
 // so up to two leading BOMs vanish and a third is a JSON syntax error.
-func trimBOMs(body string) string {
-	return strings.TrimPrefix(strings.TrimPrefix(body, utf8BOM), utf8BOM)
+func trimBOMs(body []byte) []byte {
+	return bytes.TrimPrefix(bytes.TrimPrefix(body, []byte(utf8BOM)), []byte(utf8BOM))
 }
 
 // Parse reads a room.close body as Rocket.Chat would and validates it: the
@@ -53,7 +54,8 @@ func trimBOMs(body string) string {
 // decoded as UTF-8 with replacement, a leading BOM dropped, and if it does
 // not parse it is {}; a form becomes an object of strings (the last of
 // repeated keys wins); any other body becomes an object without 'rid'.
-func Parse(contentType, body string) (Params, error) {
+// The strings of Params are copies: body may be reused once Parse returns.
+func Parse(contentType string, body []byte) (Params, error) {
 	p, err := parse(contentType, body)
 	if err != nil { // not a nil *Error in a non-nil error
 		return Params{}, err
@@ -61,14 +63,14 @@ func Parse(contentType, body string) (Params, error) {
 	return p, nil
 }
 
-func parse(contentType, body string) (Params, *Error) {
+func parse(contentType string, body []byte) (Params, *Error) {
 	switch {
 	case strings.Contains(contentType, "multipart/form-data"):
 		return Params{}, errRequiredRid // the router does not read multipart bodies: {}
 	case strings.Contains(contentType, "application/json"):
 		return parseJSON(trimBOMs(body))
 	case strings.Contains(contentType, "application/x-www-form-urlencoded"):
-		return validate(decodeForm(string(wellFormedUTF8([]byte(body)))))
+		return validate(decodeForm(string(wellFormedUTF8(body))))
 	default:
 		// Rocket.Chat spreads a text body into an object ({0:'a',1:'b',…}),
 		// which never has 'rid'.

@@ -46,7 +46,7 @@ func TestValidateFirstErrorAndCoercion(t *testing.T) {
 		{"application/x-www-form-urlencoded", ``, Params{}, "must have required property 'rid'"},
 	}
 	for _, c := range cases {
-		got, err := Parse(c.ct, c.body)
+		got, err := Parse(c.ct, []byte(c.body))
 		if c.err != "" {
 			if err == nil || err.Error() != c.err {
 				t.Errorf("%s %s: got %+v %v, want error %q", c.ct, c.body, got, err, c.err)

@@ -58,6 +58,17 @@ func (l *Limiter) Take(key string) Decision {
 	return Decision{Allowed: n <= l.limit, Limit: l.limit, Remaining: max(l.limit-n, 0), Reset: end}
 }
 
+// Return uncounts a request that d counted for key, when the request
+// turned out not to be one the limit counts; a window that has ended since
+// is left alone, its counts are gone.
+func (l *Limiter) Return(key string, d Decision) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.windowEnd.Equal(d.Reset) && l.counts[key] > 0 {
+		l.counts[key]--
+	}
+}
+
 // Now is the limiter's clock, for messages computed from a Decision.
 func (l *Limiter) Now() time.Time { return l.now() }
 

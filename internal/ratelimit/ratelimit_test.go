@@ -34,3 +34,28 @@ func TestFixedWindow(t *testing.T) {
 		t.Fatalf("old window's counts kept: %v", l.counts)
 	}
 }
+
+// A returned request is as if it was never counted, in its own window
+// only.
+func TestReturn(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := New(2, time.Minute)
+	l.now = func() time.Time { return now }
+	l.Take("a")
+	d := l.Take("a")
+	l.Return("a", d)
+	if d := l.Take("a"); !d.Allowed || d.Remaining != 0 {
+		t.Fatalf("after a return, the 2nd request: %+v", d)
+	}
+	old := l.Take("a") // refused, counted
+	now = now.Add(time.Minute)
+	fresh := l.Take("a")
+	l.Return("a", old) // its window has ended: nothing to return
+	if d := l.Take("a"); !d.Allowed || d.Remaining != 0 || fresh.Remaining != 1 {
+		t.Fatalf("a return from an ended window changed the new one: %+v after %+v", d, fresh)
+	}
+	l.Return("b", fresh) // never counted: nothing to return
+	if d := l.Take("b"); d.Remaining != 1 {
+		t.Fatalf("b: %+v", d)
+	}
+}

@@ -267,11 +267,11 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
   applied_at DATETIME(3)  NOT NULL,
   PRIMARY KEY (version)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin`); err != nil {
-		return nil, fmt.Errorf("creating %s: %w", VersionTable, err)
+		return nil, fmt.Errorf("creating %s: %w%s", VersionTable, err, privilegeHint(err))
 	}
 	var have sql.NullInt64
 	if err := conn.QueryRowContext(ctx, "SELECT MAX(version) FROM "+VersionTable).Scan(&have); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading %s: %w%s", VersionTable, err, privilegeHint(err))
 	}
 	var applied []int
 	var engine dbconnect.Engine // asked for when a migration needs it
@@ -295,7 +295,7 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 		// Another node may have recorded it first; that is the same outcome.
 		if err := execIdempotent(ctx, conn, "INSERT IGNORE INTO "+VersionTable+" (version, name, applied_at) VALUES (?, ?, ?)",
 			m.Version, m.Name, time.Now().UTC()); err != nil {
-			return applied, fmt.Errorf("recording migration %s: %w", m.Name, err)
+			return applied, fmt.Errorf("recording migration %s: %w%s", m.Name, err, privilegeHint(err))
 		}
 		applied = append(applied, m.Version)
 	}
@@ -307,7 +307,7 @@ func migrate(ctx context.Context, db *sql.DB, lock bool) ([]int, error) {
 func privilegeHint(err error) string {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) && (me.Number == 1044 || me.Number == 1142 || me.Number == 1227) { // ER_DBACCESS_DENIED_ERROR, ER_TABLEACCESS_DENIED_ERROR, ER_SPECIFIC_ACCESS_DENIED_ERROR
-		return " (the user that migrates needs the privileges to create and alter tables and indexes and, on MariaDB and MySQL, CREATE ROUTINE: see the README, Database users)"
+		return " (the user that migrates needs CREATE, ALTER, INDEX, SELECT and INSERT on the database and, on MariaDB and MySQL, CREATE ROUTINE: see docs/grants-migrator.sql and docs/operating.md, Database users)"
 	}
 	return ""
 }

@@ -172,3 +172,23 @@ func TestMigrateNeedsCreateRoutine(t *testing.T) {
 		t.Fatalf("with CREATE ROUTINE: %v", err)
 	}
 }
+
+// A migrator without CREATE is refused at the very first statement (the
+// version table), and that refusal names what migrate needs, as later
+// statements' refusals do.
+func TestDeniedFirstStatementNamesThePrivileges(t *testing.T) {
+	db := testdb.NewEmpty(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, dsn := db.NewUser(t, "SELECT, INSERT, UPDATE, DELETE")
+	limited, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { limited.Close() })
+	_, err = schema.Migrate(ctx, limited)
+	if err == nil || !strings.Contains(err.Error(), "creating "+schema.VersionTable) ||
+		!strings.Contains(err.Error(), "needs CREATE, ALTER, INDEX, SELECT and INSERT") {
+		t.Fatalf("migrating without CREATE: %v, want the version table's refusal naming the privileges", err)
+	}
+}

@@ -67,25 +67,30 @@ func TestEnginesDirective(t *testing.T) {
 	}
 }
 
-// The close's procedure is created only where the gateway can call it.
+// The close's procedures (0005's, and 0006's fast close) are created only
+// where the gateway can call them, under the module's sql_mode.
 func TestCloseProcedureMigrationEngines(t *testing.T) {
 	ms, err := Migrations()
 	if err != nil {
 		t.Fatal(err)
 	}
+	seen := 0
 	for _, m := range ms {
-		if m.Version == 5 {
-			for _, e := range []dbconnect.Engine{dbconnect.MariaDB, dbconnect.MySQL, dbconnect.TiDB, dbconnect.Vitess} {
-				if m.runsOn(e) != e.HasProcedures() {
-					t.Errorf("0005 runs on %s: %v, but HasProcedures says %v", e, m.runsOn(e), e.HasProcedures())
-				}
+		if m.Version != 5 && m.Version != 6 {
+			continue
+		}
+		seen++
+		for _, e := range []dbconnect.Engine{dbconnect.MariaDB, dbconnect.MySQL, dbconnect.TiDB, dbconnect.Vitess} {
+			if m.runsOn(e) != e.HasProcedures() {
+				t.Errorf("%04d runs on %s: %v, but HasProcedures says %v", m.Version, e, m.runsOn(e), e.HasProcedures())
 			}
-			if len(m.Statements) != 2 || m.Statements[0] != "SET SESSION sql_mode = '"+dbconnect.SessionSQLMode+"'" ||
-				!strings.HasPrefix(m.Statements[1], "CREATE PROCEDURE ") {
-				t.Fatalf("0005 is %q, want the module's sql_mode set and one CREATE PROCEDURE", m.Statements)
-			}
-			return
+		}
+		if len(m.Statements) != 2 || m.Statements[0] != "SET SESSION sql_mode = '"+dbconnect.SessionSQLMode+"'" ||
+			!strings.HasPrefix(m.Statements[1], "CREATE PROCEDURE ") {
+			t.Fatalf("%04d is %q, want the module's sql_mode set and one CREATE PROCEDURE", m.Version, m.Statements)
 		}
 	}
-	t.Fatal("no migration 0005")
+	if seen != 2 {
+		t.Fatal("no migration 0005 or 0006")
+	}
 }

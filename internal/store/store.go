@@ -91,6 +91,7 @@ type Store struct {
 	credentials, credentialsAndRoom, room *sql.Stmt
 	closeRoom, insertMessage, insertEvent *sql.Stmt
 	callClose                             *sql.Stmt // nil: the portable path
+	callFastClose                         *sql.Stmt // nil: no fast close
 	path                                  WritePath
 	all                                   []*sql.Stmt // for Close
 	now                                   func() time.Time
@@ -106,11 +107,26 @@ type WritePath struct {
 	Version   string // the server's VERSION()
 	// Why the portable path is used, when it is.
 	Why string
+	// FastClose: a recent closer's close is one CALL of FastCloseProcedure
+	// when it succeeds. Otherwise FastWhy says why not.
+	FastClose bool
+	FastWhy   string
+}
+
+// Fixable reports whether the operator could make closes cheaper: the
+// engine has procedures, and the close's or the recent closer's is not
+// used (missing, or the user lacks EXECUTE on it).
+func (p WritePath) Fixable() bool {
+	return p.Engine.HasProcedures() && (!p.Procedure || !p.FastClose)
 }
 
 func (p WritePath) String() string {
+	if p.Procedure && p.FastClose {
+		return "procedure " + CloseProcedure + " (a close is its read and one CALL), and by " + FastCloseProcedure +
+			" for credentials that closed a room here recently (one CALL when the close succeeds)"
+	}
 	if p.Procedure {
-		return "procedure " + CloseProcedure + " (a close is its read and one CALL)"
+		return "procedure " + CloseProcedure + " (a close is its read and one CALL; no one-CALL close for recent closers: " + p.FastWhy + ")"
 	}
 	return "portable transaction (a close is its read, BEGIN, UPDATE, two INSERTs, COMMIT): " + p.Why
 }
@@ -177,6 +193,8 @@ func (s *Store) choosePath(ctx context.Context, procedureAllowed bool) error {
 		if errors.Is(procedureError(err), ErrRoomClosed) || dbconnect.NotWritable(err) {
 			s.callClose, s.path.Procedure = call, true
 			s.all = append(s.all, call)
+			s.path.FastWhy = s.prepareFastClose(ctx)
+			s.path.FastClose = s.path.FastWhy == ""
 			return nil
 		}
 		call.Close()
@@ -190,7 +208,7 @@ func (s *Store) choosePath(ctx context.Context, procedureAllowed bool) error {
 	case errors.As(err, &me) && me.Number == 1370: // ER_PROCACCESS_DENIED_ERROR
 		var dbName sql.NullString
 		s.db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&dbName) //nolint:errcheck // only for the message
-		return fmt.Errorf("%w: GRANT EXECUTE ON PROCEDURE %s.%s TO the gateway's user (see the README, Database users): %w",
+		return fmt.Errorf("%w: GRANT EXECUTE ON PROCEDURE %s.%s TO the gateway's user (see docs/grants.sql): %w",
 			ErrNoExecutePrivilege, dbName.String, CloseProcedure, err)
 	default:
 		return fmt.Errorf("trying the procedure %s: %w", CloseProcedure, err)
@@ -283,30 +301,11 @@ func (s *Store) CloseRoom(ctx context.Context, req CloseRequest, f Found) (Resul
 	if err != nil {
 		return Result{}, err
 	}
-	msgType, msg := MessageTypeEnded, ""
-	if req.Comment != "" {
-		msgType, msg = MessageTypeWrapup, req.Comment
-	}
-	var tags any // NULL keeps the room's tags
-	if len(req.Tags) > 0 {
-		b, _ := json.Marshal(req.Tags)
-		tags = string(b)
-	}
 	res := Result{MessageID: s.newID(), ClosedAt: now, CallDuration: now.Sub(r.ts).Milliseconds()}
-	w := closeWrite{
-		rid: req.Rid, now: now,
-		closedByID: r.visitorID, closedByUsername: r.visitorUsername,
-		callDuration: res.CallDuration, waiting: waiting, hold: hold,
-		messageID: res.MessageID, tags: tags, messageType: msgType, msg: msg,
-		agentID: req.Agent.ID, agentUsername: nullIfEmpty(req.Agent.Username), agentName: nullIfEmpty(req.Agent.Name),
-	}
-	w.payload, _ = json.Marshal(closedEvent{
-		Rid: req.Rid, Closer: "visitor",
-		ClosedBy:     idName{ID: r.visitorID.String, Username: r.visitorUsername.String},
-		Agent:        idName{ID: req.Agent.ID, Username: req.Agent.Username},
-		ClosedAt:     now.Format("2006-01-02T15:04:05.000Z"),
-		CallDuration: res.CallDuration, MessageID: res.MessageID, MessageType: msgType, Tags: req.Tags,
-	})
+	w := newCloseWrite(req, now, res.MessageID)
+	w.closedByID, w.closedByUsername = r.visitorID, r.visitorUsername
+	w.callDuration, w.waiting, w.hold = res.CallDuration, waiting, hold
+	w.payload, _ = json.Marshal(w.event(idName{ID: r.visitorID.String, Username: r.visitorUsername.String}, res.CallDuration))
 
 	brokeOnce := false
 	for attempt := 1; ; attempt++ {
@@ -341,10 +340,41 @@ type closeWrite struct {
 	hold                         int64
 	messageID                    string
 	tags                         any // NULL keeps the room's tags
+	tagList                      []string
 	messageType, msg             string
 	agentID                      string
 	agentUsername, agentName     sql.NullString
 	payload                      []byte
+}
+
+// newCloseWrite is what a close of req at now writes whatever the room:
+// the room's own values (the visitor, the call's metrics, the payload)
+// are the caller's to fill in.
+func newCloseWrite(req CloseRequest, now time.Time, messageID string) closeWrite {
+	w := closeWrite{
+		rid: req.Rid, now: now, messageID: messageID, messageType: MessageTypeEnded,
+		agentID: req.Agent.ID, agentUsername: nullIfEmpty(req.Agent.Username), agentName: nullIfEmpty(req.Agent.Name),
+		tagList: req.Tags,
+	}
+	if req.Comment != "" {
+		w.messageType, w.msg = MessageTypeWrapup, req.Comment
+	}
+	if len(req.Tags) > 0 {
+		b, _ := json.Marshal(req.Tags)
+		w.tags = string(b)
+	}
+	return w
+}
+
+// event is the outbox payload of the close, closed by the visitor
+// closedBy, callDuration ms after the room's creation.
+func (w *closeWrite) event(closedBy idName, callDuration int64) closedEvent {
+	return closedEvent{
+		Rid: w.rid, Closer: "visitor", ClosedBy: closedBy,
+		Agent:        idName{ID: w.agentID, Username: w.agentUsername.String},
+		ClosedAt:     w.now.Format("2006-01-02T15:04:05.000Z"),
+		CallDuration: callDuration, MessageID: w.messageID, MessageType: w.messageType, Tags: w.tagList,
+	}
 }
 
 func (w *closeWrite) closeRoomArgs() []any {

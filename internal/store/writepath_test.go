@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dbconnect"
 	"github.com/edgevoip/caddy-rocketchat-voip/internal/schema"
 )
 
@@ -95,3 +96,72 @@ func procedureDefinition(t *testing.T) string {
 }
 
 func oneSpaced(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// The fast close's procedure (migration 0006) writes with the portable
+// path's three statements too, each ? replaced by what it writes there: a
+// parameter where Go decides the value, the room's value the procedure
+// read or derived (v_…) where the store derives it from the read.
+// (TestFastCloseMatchesOrdinaryPath checks the rows.)
+func TestFastProcedureRunsTheStoreStatements(t *testing.T) {
+	body := ""
+	ms, err := schema.Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		for _, st := range m.Statements {
+			if strings.HasPrefix(st, "CREATE PROCEDURE "+FastCloseProcedure+"(") {
+				body = st
+			}
+		}
+	}
+	if body == "" {
+		t.Fatalf("no migration creates %s", FastCloseProcedure)
+	}
+	if n := len(regexp.MustCompile(`(?m)^\s*IN p_\w+`).FindAllString(body, -1)); n != strings.Count(callFastCloseSQL, "?") {
+		t.Fatalf("the procedure has %d parameters, the CALL %d placeholders", n, strings.Count(callFastCloseSQL, "?"))
+	}
+	payload := `CONCAT(p_payload_head, v_visitor_id, IF(LENGTH(v_visitor_username) > 0, CONCAT('","username":"', v_visitor_username), ''), p_payload_middle, v_duration, p_payload_tail)`
+	for _, st := range []struct {
+		name  string
+		sql   string
+		names []string // in the order of closeRoomArgs, insertMessageArgs, insertEventArgs
+	}{
+		{"closeRoomSQL", closeRoomSQL, []string{"p_now", "v_visitor_id", "v_visitor_username", "v_duration", "v_waiting", "v_hold",
+			"p_now", "p_now", "p_message_id", "p_tags", "p_rid"}},
+		{"insertMessageSQL", insertMessageSQL, []string{"p_message_id", "p_rid", "p_message_type", "p_msg", "p_user_id",
+			"NULLIF(p_agent_username, BINARY '')", "NULLIF(p_agent_name, BINARY '')", "p_now", "p_now"}},
+		{"insertEventSQL", insertEventSQL, []string{"p_rid", payload, "p_now"}},
+	} {
+		parts := strings.Split(st.sql, "?")
+		if len(parts)-1 != len(st.names) {
+			t.Fatalf("%s: %d placeholders, %d names", st.name, len(parts)-1, len(st.names))
+		}
+		var want strings.Builder
+		for i, n := range st.names {
+			want.WriteString(parts[i] + n)
+		}
+		want.WriteString(parts[len(parts)-1])
+		if !strings.Contains(oneSpaced(body), oneSpaced(want.String())+";") {
+			t.Errorf("the fast procedure does not run %s as\n%s;", st.name, want.String())
+		}
+	}
+}
+
+// A write path is fixable (logged at warn) where the engine has procedures
+// and one of the two is not used; never on TiDB, which has none.
+func TestWritePathFixable(t *testing.T) {
+	for _, c := range []struct {
+		path WritePath
+		want bool
+	}{
+		{WritePath{Engine: dbconnect.MariaDB, Procedure: true, FastClose: true}, false},
+		{WritePath{Engine: dbconnect.MySQL, Procedure: true, FastClose: false}, true},
+		{WritePath{Engine: dbconnect.MariaDB, Procedure: false}, true},
+		{WritePath{Engine: dbconnect.TiDB}, false},
+	} {
+		if got := c.path.Fixable(); got != c.want {
+			t.Errorf("%+v: Fixable %v, want %v", c.path, got, c.want)
+		}
+	}
+}

@@ -49,7 +49,7 @@ var (
 	only     = flag.String("only", "", "comma-separated scenarios to run (a,b,c,d,e,o,r,x,mem); empty: all")
 	admin    = flag.Bool("admin", false, "enable Caddy's admin API on the last of the -ports, for /debug/pprof while a scenario runs")
 	oldBin   = flag.String("old", "", "a Caddy built from an older commit, for scenarios o and r (old vs new); bench/run.sh sets it from BENCH_OLD")
-	dbDelay  = flag.Duration("db-delay", time.Millisecond, "scenario r: delay bench-delayproxy adds each way between Caddy and MariaDB (Go's timers make 1ms about 2.3 ms of round trip)")
+	dbDelay  = flag.Duration("db-delay", time.Millisecond, "scenario r: delay bench-delayproxy adds each way between Caddy and MariaDB (Go's timers make 1ms about 2.3 ms of round trip); 0: no proxy, the database local")
 	remoteDC = flag.String("remote-db-concurrency", "0,32", "scenario r: db_concurrency settings of this build to run (0: the default)")
 	remoteCn = flag.String("remote-conns", "1,16,64", "scenario r: connection counts to run")
 	pick     = flag.String("pick", "best", "which round of each side to report: best (highest req/s) or median (by req/s)")
@@ -453,8 +453,9 @@ func rss(pid int) int {
 }
 
 func oldVsNew(name string, o, n result) string {
-	return fmt.Sprintf("| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f | %.0f / %.0f | %d / %d |",
-		name, o.RPS, n.RPS, n.RPS/o.RPS, o.P50, o.P99, n.P50, n.P99, o.ServerCPU+o.DBCPU, n.ServerCPU+n.DBCPU, o.Non2xx+o.SocketErrors, n.Non2xx+n.SocketErrors)
+	return fmt.Sprintf("| %s | %.0f | %.0f | %.2f | %.2f / %.2f | %.2f / %.2f | %.0f / %.0f (Caddy %.0f / %.0f, db %.0f / %.0f) | %d / %d |",
+		name, o.RPS, n.RPS, n.RPS/o.RPS, o.P50, o.P99, n.P50, n.P99, o.ServerCPU+o.DBCPU, n.ServerCPU+n.DBCPU,
+		o.ServerCPU, n.ServerCPU, o.DBCPU, n.DBCPU, o.Non2xx+o.SocketErrors, n.Non2xx+n.SocketErrors)
 }
 
 // moduleSite is a site with the module in front of the bench upstream, as

@@ -12,16 +12,20 @@ import (
 // remoteScenario runs scenario r: closes at -remote-conns connections, rooms
 // with and without PBX events, old build against this one (at each
 // -remote-db-concurrency setting), every Caddy reaching MariaDB through
-// bench-delayproxy.
+// bench-delayproxy (directly with -db-delay 0, so that the same closes at
+// the same connection counts compare with the database local).
 func remoteScenario() []string {
 	cfg, err := mysql.ParseDSN(*dsn)
 	if err != nil {
 		log.Fatal(err)
 	}
-	start(bin("bench-delayproxy"), "-listen", delayAddr, "-target", cfg.Addr, "-delay", dbDelay.String())
-	waitFor(delayAddr)
-	cfg.Addr = delayAddr
-	remoteDSN := cfg.FormatDSN()
+	remoteDSN := *dsn // -db-delay 0: directly, the database local
+	if *dbDelay > 0 {
+		start(bin("bench-delayproxy"), "-listen", delayAddr, "-target", cfg.Addr, "-delay", dbDelay.String())
+		waitFor(delayAddr)
+		cfg.Addr = delayAddr
+		remoteDSN = cfg.FormatDSN()
+	}
 
 	old := startCaddy(*oldBin, "rocketchat-voip-bench-remote-old", "admin off", moduleSiteWith(remoteOld, remoteDSN, ""))
 	waitFor(remoteOld)

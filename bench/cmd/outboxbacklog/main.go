@@ -90,7 +90,7 @@ func main() {
 		poll(db)
 	}
 	appGlobals := func(webhook string) string {
-		return fmt.Sprintf("rocketchat_voip_outbox {\n\t\tdsn %q\n\t\twebhook %s\n\t\tmax_attempts 1000\n\t}", *dsn, webhook)
+		return fmt.Sprintf("rocketchat_voip_outbox {\n\t\tdsn %q\n\t\twebhook %s {\n\t\t\tunsigned\n\t\t}\n\t\tmax_attempts 1000\n\t}", *dsn, webhook)
 	}
 	site := func(addr string) string { return site(addr, refusedAddr) }
 	if want("cpu") {

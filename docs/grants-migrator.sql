@@ -1,0 +1,11 @@
+-- The migrator's grants: what 'caddy rocketchat-voip migrate' needs to create
+-- and change the module's tables, indexes and the close's procedure.
+--
+-- Run this file with the gateway's database as the default one, before
+-- migrating, as a user that may grant (root):
+--
+--   mysql -D rocketchat < docs/grants-migrator.sql
+--
+-- Change 'voip_migrator'@'%' to your migrator's account first.
+-- ON * is every table of the default database. TiDB: leave out CREATE ROUTINE.
+GRANT CREATE, ALTER, INDEX, SELECT, INSERT, CREATE ROUTINE ON * TO 'voip_migrator'@'%';
