@@ -163,6 +163,7 @@ func (tp *twoPaths) seed(opened time.Time) {
 		{"EMPTYCALL", "V1", "vtok1", ""}, {"FINEHOLD", "V1", "vtok1", "call-fine"}, {"NULLHOLD", "V1", "vtok1", "call-null"},
 		{"PADDED", "V1", "vtok1", "call-padded"}, {"BADHOLD", "V1", "vtok1", "call-bad"}, {"ESCAPED", "V3<&>", "vtok3", nil},
 		{"OTHER", "V4", "vtok4", nil}, {"TRAIL", "V1", "vtok1", nil},
+		{"PAIR", "V1", "vtok1", "call-pair"}, {"LONE", "V1", "vtok1", "call-lone"}, {"HOLDONLY", "V1", "vtok1", "call-holdonly"},
 		{"R1", "V1", "vtok1", nil}, {"R2", "V1", "vtok1", nil}, {"R3", "V1", "vtok1", nil}, {"R4", "V1", "vtok1", nil},
 		{"R5", "V1", "vtok1", nil}, {"R6", "V1", "vtok1", nil}, {"R7", "V1", "vtok1", nil}, {"R8", "V1", "vtok1", nil},
 		{"R9", "V1", "vtok1", nil}, {"R10", "V1", "vtok1", nil}, {"R11", "V1", "vtok1", nil}, {"R12", "V1", "vtok1", nil},
@@ -184,6 +185,13 @@ func (tp *twoPaths) seed(opened time.Time) {
 		{"call-padded", "AgentConnect ", "1", time.Second}, {"call-padded", "Hold", nil, 4 * time.Second},
 		{"call-padded", "AgentConnect", "3.25", 5 * time.Second},
 		{"call-bad", "AgentConnect", "abc", time.Second},
+		// The shapes the procedure reads without window functions: one
+		// AgentConnect and a Hold/Unhold pair, one and a lone Hold, a pair
+		// whose events share a time (ordered by id) without an AgentConnect.
+		{"call-pair", "AgentConnect", "4.5", time.Second}, {"call-pair", "Unhold", nil, 12*time.Second + 345678*time.Microsecond},
+		{"call-pair", "Hold", nil, 5*time.Second + 999*time.Microsecond},
+		{"call-lone", "AgentConnect", "1", time.Second}, {"call-lone", "Hold", nil, 3*time.Second + 500*time.Microsecond},
+		{"call-holdonly", "Unhold", nil, 7 * time.Second}, {"call-holdonly", "Hold", nil, 7 * time.Second},
 	}
 	for i, e := range events {
 		tp.exec("INSERT INTO pbx_events (id, unique_id, event, call_unique_id, hold_time, ts) VALUES (?, ?, ?, ?, ?, ?)",
@@ -217,6 +225,12 @@ func TestFastCloseMatchesOrdinaryPath(t *testing.T) {
 			req: store.CloseRequest{Rid: "PLAIN", VisitorToken: "vtok1", Agent: agent1, Comment: "done ✓ <b>&\u2028", Tags: []string{"a", "<t>&", "é"}}}},
 		{fastCase: fastCase{name: "call with PBX events, a trailing hold", userID: "agent1", token: "T1", loginExpiration: exp, bypass: &f, wantFast: true,
 			req: closeBy(agent1, "CALL", "vtok1")}},
+		{fastCase: fastCase{name: "call with one AgentConnect and a Hold/Unhold pair", userID: "agent1", token: "T1", loginExpiration: exp, bypass: &f, wantFast: true,
+			req: closeBy(agent1, "PAIR", "vtok1")}},
+		{fastCase: fastCase{name: "call with one AgentConnect and a lone Hold", userID: "agent1", token: "T1", loginExpiration: exp, bypass: &f, wantFast: true,
+			req: closeBy(agent1, "LONE", "vtok1")}},
+		{fastCase: fastCase{name: "call with two holds at one time and no AgentConnect", userID: "agent1", token: "T1", loginExpiration: exp, bypass: &f, wantFast: true,
+			req: closeBy(agent1, "HOLDONLY", "vtok1")}},
 		{fastCase: fastCase{name: "visitor without a username", userID: "agent1", token: "T1", loginExpiration: exp, bypass: &f, wantFast: true,
 			req: closeBy(agent1, "ANON", "vtok2")}},
 		{fastCase: fastCase{name: "no rate limit: the bypass is not asked", userID: "agent2", token: "T2", loginExpiration: exp, wantFast: true,
