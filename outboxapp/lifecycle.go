@@ -83,19 +83,22 @@ func (o *Outbox) Start() error {
 			Lease:        time.Duration(o.Lease),
 			PollInterval: time.Duration(o.PollInterval),
 			Retain:       time.Duration(o.Retain), // 0 with keep_delivered
-			Congested:    o.congested,             // the handlers' closes on the same DSN come first
+			Congestion:   o.congestion,            // the handlers' closes on the same DSN come first
 		}, outboxObserver{o.logger})
 		o.deliverer.Run(runCtx)
 	}()
 	return nil
 }
 
-// congested reports whether the closes of the handlers sharing this pool
-// are waiting for their database slots: a catch-up then gives way. A pool
-// no handler holds has no limiter, and no closes to give way to.
-func (o *Outbox) congested() bool {
-	l := o.pool.Limiter()
-	return l != nil && l.Congested()
+// congestion reports for how many windows in a row the closes of the
+// handlers sharing this pool have waited for their database slots: a
+// catch-up gives way at once, the steady stream once it lasts. A pool no
+// handler holds has no limiter, and no closes to give way to.
+func (o *Outbox) congestion() int {
+	if l := o.pool.Limiter(); l != nil {
+		return l.CongestedWindows()
+	}
+	return 0
 }
 
 // Stop ends delivery once the batch in flight is done (each POST is bounded

@@ -18,12 +18,16 @@
 // The floor is the bound for a database that queues even at light load (the
 // same machine, a small server): the limit then stays at the floor.
 //
-// Congested tells work that comes after the requests (the outbox) when the
-// database is their bottleneck: requests have lately spent a good share of
-// their time waiting for slots. Waits follow from the rules above: the
-// limit rises while the database keeps up, so requests queue for slots only
-// once it no longer does (round trips slow down and the limit falls, or the
-// limit is at the ceiling).
+// CongestedWindows tells work that comes after the requests (the outbox)
+// whether the database is their bottleneck, and for how long: requests have
+// spent a good share of their time waiting for slots, for that many windows
+// in a row. Waits follow from the rules above: the limit rises while the
+// database keeps up, so requests queue for slots only once it no longer
+// does (round trips slow down and the limit falls, or the limit is at the
+// ceiling). Deferrable work (a catch-up) gives way at the first congested
+// window; work that must keep pace with the requests (delivering what they
+// write as they write it) only once congestion is sustained, since a burst
+// that queues for a moment and drains is no reason to fall behind.
 package dblimit
 
 import (
@@ -46,10 +50,11 @@ const (
 	// real agents keep most of a saturated database, and an agent not yet
 	// known (its first close on this gateway) is never starved by them.
 	AheadShare = 3
-	// CongestionWindow is how long a verdict of Congested lasts: slot waits
-	// are summed over windows this long, and a congested window makes
-	// Congested true until the end of the next.
+	// CongestionWindow: slot waits are summed over windows this long.
 	CongestionWindow = 500 * time.Millisecond
+	// SustainedWindows congested windows in a row (the current one
+	// included) are sustained congestion.
+	SustainedWindows = 2
 	// CongestionShare: a window is congested when requests spent at least
 	// 1/CongestionShare as long waiting for slots as holding them. A short
 	// wait when a burst of requests meets the limit is not congestion;
@@ -82,11 +87,11 @@ type Limiter struct {
 	windowFrom time.Time
 
 	// Slot waits, for Congested: the current window's time spent waiting
-	// for slots and holding them, and whether the window before it was
-	// congested.
+	// for slots and holding them, and how many windows in a row before it
+	// were congested.
 	pressureFrom       time.Time
 	waitedFor, heldFor time.Duration
-	congestedBefore    bool
+	congestedRun       int
 }
 
 // New returns a limiter between floor and ceiling (ceiling below floor is
@@ -231,17 +236,21 @@ func (l *Limiter) sample(perRoundTrip time.Duration) {
 	l.sum, l.n, l.busy = 0, 0, l.inFlight >= l.limit
 }
 
-// Congested reports whether the database has lately been the requests'
-// bottleneck: in this window or the one before it (CongestionWindow),
-// requests spent at least 1/CongestionShare as long waiting for slots as
-// holding them. Work that should give way to the requests (the outbox's
-// catch-up) yields while it is true; while it is false the database has
-// room for more than the requests.
-func (l *Limiter) Congested() bool {
+// CongestedWindows reports for how many windows in a row (CongestionWindow
+// each) the database has been the requests' bottleneck: requests spent at
+// least 1/CongestionShare as long waiting for slots as holding them. The
+// current window counts once it is congested; a window that was not ends
+// the run, though a run stays at least 1 until the window after the last
+// congested one is over. 0: the database has room for more than the
+// requests.
+func (l *Limiter) CongestedWindows() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.rollWindow()
-	return l.congestedBefore || l.congestedNow()
+	if l.congestedNow() {
+		return l.congestedRun + 1
+	}
+	return l.congestedRun
 }
 
 // countWait adds the wait of a request queued at queued, which has its
@@ -263,7 +272,11 @@ func (l *Limiter) rollWindow() {
 	if elapsed < CongestionWindow {
 		return
 	}
-	l.congestedBefore = elapsed < 2*CongestionWindow && l.congestedNow()
+	if elapsed < 2*CongestionWindow && l.congestedNow() {
+		l.congestedRun++
+	} else {
+		l.congestedRun = 0
+	}
 	l.waitedFor, l.heldFor, l.pressureFrom = 0, 0, now
 }
 

@@ -356,46 +356,54 @@ func waitOnce(t *testing.T, l *Limiter, c *clock, wait time.Duration) {
 	}
 }
 
-func expectCongested(t *testing.T, l *Limiter, want bool, after string) {
+func expectCongested(t *testing.T, l *Limiter, want int, after string) {
 	t.Helper()
-	if got := l.Congested(); got != want {
-		t.Fatalf("Congested() = %v after %s, want %v", got, after, want)
+	if got := l.CongestedWindows(); got != want {
+		t.Fatalf("CongestedWindows() = %d after %s, want %d", got, after, want)
 	}
 }
 
-// Congested follows the time requests wait for slots, not the requests:
+// Congestion follows the time requests wait for slots, not the requests:
 // every slot in use with no one waiting, or a short wait, leaves room;
-// waits of a quarter of the time slots are held are congestion, which lasts
-// until a window goes by without it.
+// waits of a quarter of the time slots are held are a congested window,
+// counted in a run that lasts until a window goes by without them.
 func TestCongestedFollowsSlotWaits(t *testing.T) {
 	l, c := newClocked(2, 2)
-	expectCongested(t, l, false, "no requests")
+	expectCongested(t, l, 0, "no requests")
 	for range 50 {
 		fill(t, l, time.Millisecond)
 	}
-	expectCongested(t, l, false, "every slot in use, no one waiting")
+	expectCongested(t, l, 0, "every slot in use, no one waiting")
 
 	c.advance(CongestionWindow)
 	serve(t, l, 40)
 	waitOnce(t, l, c, 5*time.Millisecond) // 5 ms waiting, 43 ms held
-	expectCongested(t, l, false, "a short wait")
+	expectCongested(t, l, 0, "a short wait")
 
-	c.advance(CongestionWindow)
-	serve(t, l, 20)
-	waitOnce(t, l, c, 10*time.Millisecond) // 10 ms waiting, 23 ms held
-	expectCongested(t, l, true, "waits of over a quarter of the time held")
+	// 10 ms waiting, 23 ms held, window after window.
+	for i := 1; i <= SustainedWindows; i++ {
+		c.advance(CongestionWindow)
+		serve(t, l, 20)
+		waitOnce(t, l, c, 10*time.Millisecond)
+		expectCongested(t, l, i, fmt.Sprintf("%d windows in a row of waits over a quarter of the time held", i))
+	}
 
 	c.advance(CongestionWindow)
 	serve(t, l, 100)
-	expectCongested(t, l, true, "the window after a congested one")
+	expectCongested(t, l, SustainedWindows, "the window after the run, without waits so far")
 
 	c.advance(CongestionWindow)
-	expectCongested(t, l, false, "a window without waits")
+	expectCongested(t, l, 0, "a window without waits")
 
 	waitOnce(t, l, c, 100*time.Millisecond)
-	expectCongested(t, l, true, "waits again")
+	expectCongested(t, l, 1, "waits again")
+	c.advance(CongestionWindow)
+	expectCongested(t, l, 1, "the window after them")
+	c.advance(CongestionWindow)
+	waitOnce(t, l, c, 100*time.Millisecond)
+	expectCongested(t, l, 1, "waits in the window after the next")
 	c.advance(time.Minute)
-	expectCongested(t, l, false, "a minute without requests")
+	expectCongested(t, l, 0, "a minute without requests")
 
 	// A request that gives up waiting waited too.
 	for range 2 {
@@ -412,7 +420,7 @@ func TestCongestedFollowsSlotWaits(t *testing.T) {
 	if err := <-gaveUp; err == nil {
 		t.Fatal("a cancelled wait took a slot")
 	}
-	expectCongested(t, l, true, "a request gave up waiting")
+	expectCongested(t, l, 1, "a request gave up waiting")
 	l.Release(time.Millisecond, 1)
 	l.Release(time.Millisecond, 1)
 }

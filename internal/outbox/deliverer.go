@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/edgevoip/caddy-rocketchat-voip/internal/dblimit"
 )
 
 // Headers of a delivery.
@@ -55,17 +57,27 @@ type Config struct {
 	// Retain is how long delivered events are kept before they are
 	// purged; 0 keeps them.
 	Retain time.Duration
-	// Congested, when set, reports that the database is the bottleneck of
-	// the requests that come before the outbox (closes waiting for their
-	// slots, dblimit.Limiter.Congested): a catch-up then yields, working a
-	// tenth of the time (yieldShare), so that a drained backlog does not
-	// take the database the closes need. Closes that merely happen do not
-	// slow the outbox: while the database has room for both, it delivers
-	// at full speed, and its lag stays within a batch or two.
-	Congested func() bool
+	// Congestion, when set, reports for how many windows in a row the
+	// database has been the bottleneck of the requests that come before
+	// the outbox (closes waiting for their slots,
+	// dblimit.Limiter.CongestedWindows; 0: it has room). The outbox gives
+	// way to sustained congestion (yieldWindows): a catch-up then
+	// works a tenth of the time (yieldShare), so that a drained backlog
+	// does not take the database the closes need, and the stream of new
+	// events waits a poll_interval between claims. At the first congested
+	// window a catch-up stops its extra loops. Closes that merely happen,
+	// or queue for a moment, do not slow the stream: its lag stays within
+	// a batch or two of each close.
+	Congestion func() int
 }
 
-// yieldShare is the share of the time a catch-up works while Congested:
+// yieldWindows congested windows in a row make the steady stream
+// wait a poll_interval between claims, and a catch-up work a tenth of the
+// time (dblimit.SustainedWindows: 0.5 to 1 s of closes queueing).
+const yieldWindows = dblimit.SustainedWindows
+
+// yieldShare is the share of the time a catch-up works while congestion is
+// sustained (yieldWindows):
 // after each full batch it pauses nine times as long as the batch took.
 const yieldShare = 0.1
 
@@ -110,7 +122,9 @@ type Deliverer struct {
 	seq    atomic.Uint64
 	// catchingUp counts the catch-up loops running.
 	catchingUp atomic.Int32
-	now        func() time.Time
+	// foundAt is when a claim of any loop last found events (UnixNano).
+	foundAt atomic.Int64
+	now     func() time.Time
 }
 
 // NewDeliverer returns a deliverer; Run starts it.
@@ -138,20 +152,29 @@ func (d *Deliverer) Run(ctx context.Context) {
 	if d.cfg.Retain > 0 {
 		wg.Go(func() { d.purgeLoop(ctx) })
 	}
-	var status statusRefresh
+	var (
+		status      statusRefresh
+		streamBatch time.Duration // how long the last batch that found events took
+	)
 	for ctx.Err() == nil {
 		from := time.Now()
 		claimedAt, n, full := d.once(ctx)
 		d.refreshStatus(ctx, &status)
 		if n == d.cfg.Batch || full {
-			// More is due at once: a catch-up, which gives way to closes
-			// when they are congested, and otherwise takes more loops.
-			if d.congested() {
+			// More is due at once: a catch-up, or a stream of closes
+			// faster than a batch per claim. While the database has room
+			// it takes more loops; while the closes queue for a moment it
+			// keeps to this one; once their congestion lasts it works a
+			// tenth of the time.
+			if d.congested(yieldWindows) {
 				pause := time.Duration(float64(time.Since(from)) * (1/yieldShare - 1))
 				select {
 				case <-ctx.Done():
 				case <-time.After(min(pause, d.cfg.PollInterval*4)):
 				}
+				continue
+			}
+			if d.congested(1) {
 				continue
 			}
 			for d.catchingUp.Load() < catchUpLoops {
@@ -165,13 +188,19 @@ func (d *Deliverer) Run(ctx context.Context) {
 		}
 		// Nothing more was due: wait for the earliest retry, or poll_interval
 		// for new events, whichever comes first. A retry that fell due since
-		// the claim looked is due now. While closes keep coming (this claim
-		// found some) and the database has room, the next claim follows
-		// after as long as this batch took instead: a steady stream is then
-		// delivered within a batch or two of each close, not a poll_interval.
+		// the claim looked is due now. While closes keep coming (a claim
+		// found some within the last poll_interval, this one or one of the
+		// catch-up's) and the database has room, the next claim follows
+		// after as long as the last batch took instead: a steady stream is
+		// then delivered within a batch or two of each close, not a
+		// poll_interval, and a drained catch-up does not leave a
+		// poll_interval of closes to pile up behind it.
+		if took := time.Since(from); n > 0 {
+			streamBatch = took
+		}
 		wait := d.cfg.PollInterval
-		if took := time.Since(from); n > 0 && took < wait && !d.congested() {
-			wait = took
+		if time.Since(time.Unix(0, d.foundAt.Load())) < wait && streamBatch > 0 && streamBatch < wait && !d.congested(yieldWindows) {
+			wait = streamBatch
 		} else if next, ok, err := d.store.NextDue(ctx, claimedAt); err == nil && ok {
 			wait = max(0, min(wait, time.Until(next)))
 		}
@@ -182,13 +211,17 @@ func (d *Deliverer) Run(ctx context.Context) {
 	}
 }
 
-func (d *Deliverer) congested() bool { return d.cfg.Congested != nil && d.cfg.Congested() }
+// congested reports whether the closes have been congested for at least
+// windows windows in a row.
+func (d *Deliverer) congested(windows int) bool {
+	return d.cfg.Congestion != nil && d.cfg.Congestion() >= windows
+}
 
 // catchUp claims and delivers batches beside Run's loop while each claim
-// is full and the closes are not congested.
+// is full and the closes are not congested at all.
 func (d *Deliverer) catchUp(ctx context.Context) {
 	for ctx.Err() == nil {
-		if _, n, full := d.once(ctx); (n < d.cfg.Batch && !full) || d.congested() {
+		if _, n, full := d.once(ctx); (n < d.cfg.Batch && !full) || d.congested(1) {
 			return
 		}
 	}
@@ -283,6 +316,9 @@ func (d *Deliverer) once(ctx context.Context) (time.Time, int, bool) {
 			d.obs.Error("claiming events", err)
 		}
 		return now, 0, false
+	}
+	if len(events) > 0 {
+		d.foundAt.Store(time.Now().UnixNano())
 	}
 	var (
 		wg        sync.WaitGroup

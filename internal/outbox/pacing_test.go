@@ -59,8 +59,8 @@ func (rc *overlapReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// paceBacklog delivers a backlog of events (two per room) with Congested
-// answering congested, and returns the most POSTs seen in flight at once;
+// paceBacklog delivers a backlog of events (two per room) with Congestion
+// answering one congested window or none, and returns the most POSTs seen in flight at once;
 // every event must arrive exactly once.
 func paceBacklog(t *testing.T, congested bool) int32 {
 	const batch, events = 4, 40
@@ -80,7 +80,13 @@ func paceBacklog(t *testing.T, congested bool) int32 {
 	d := NewDeliverer(st, Config{
 		URL: srv.URL, Timeout: 5 * time.Second, MaxAttempts: 3, BackoffBase: time.Second, BackoffMax: time.Minute,
 		Batch: batch, Lease: 30 * time.Second, PollInterval: 20 * time.Millisecond,
-		Congested: func() bool { asked.Add(1); return congested },
+		Congestion: func() int {
+			asked.Add(1)
+			if congested {
+				return 1
+			}
+			return 0
+		},
 	}, nopObserver{})
 	done := make(chan struct{})
 	go func() { defer close(done); d.Run(ctx) }()
@@ -102,7 +108,7 @@ func paceBacklog(t *testing.T, congested bool) int32 {
 		}
 	}
 	if asked.Load() == 0 {
-		t.Error("Congested was never asked during a catch-up")
+		t.Error("Congestion was never asked during a catch-up")
 	}
 	return rc.most.Load()
 }
@@ -120,5 +126,58 @@ func TestCatchUpKeepsToOneLoopWhileCongested(t *testing.T) {
 func TestCatchUpTakesMoreLoopsWhileTheDatabaseHasRoom(t *testing.T) {
 	if most := paceBacklog(t, false); most <= 4 {
 		t.Fatalf("at most %d POSTs in flight at once, want more than one batch (4): no extra claim loop ran", most)
+	}
+}
+
+// streamOf delivers events inserted one at a time, each after the one
+// before it was delivered, with Congestion answering windows and a
+// poll_interval of an hour, and returns how many of them arrived (the
+// first, found by the first claim, always does).
+func streamOf(t *testing.T, windows, events int) int {
+	db := testdb.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := NewStore(ctx, db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	t.Cleanup(srv.Close)
+	d := NewDeliverer(st, Config{
+		URL: srv.URL, Timeout: 5 * time.Second, MaxAttempts: 3, BackoffBase: time.Second, BackoffMax: time.Minute,
+		Batch: 4, Lease: 30 * time.Second, PollInterval: time.Hour,
+		Congestion: func() int { return windows },
+	}, nopObserver{})
+	delivered := func() int { return db.Count(t, "room_events WHERE delivery_state = 'delivered'") }
+	db.SeedEvents(t, 1, "'S'", "", "")
+	done := make(chan struct{})
+	go func() { defer close(done); d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for i := 1; i <= events; i++ {
+		if i > 1 {
+			db.SeedEvents(t, 1, "'S'", "", "")
+		}
+		// Long enough for a claim on any machine; an event left for the
+		// poll_interval (an hour) does not arrive in it.
+		for deadline := time.Now().Add(5 * time.Second); delivered() < i; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				return delivered()
+			}
+		}
+	}
+	return delivered()
+}
+
+// The steady stream of new events keeps pace through a brief congestion
+// (one window, as a burst of closes makes): each event is claimed within a
+// batch's time of the last, not a poll_interval. Sustained congestion
+// makes it wait the poll_interval.
+func TestStreamGivesWayOnlyToSustainedCongestion(t *testing.T) {
+	if got := streamOf(t, 1, 5); got != 5 {
+		t.Errorf("through one congested window: %d of 5 streamed events delivered, want all", got)
+	}
+	if got := streamOf(t, yieldWindows, 3); got != 1 {
+		t.Errorf("through sustained congestion: %d of 3 streamed events delivered before the poll_interval, want only the first", got)
 	}
 }
