@@ -15,11 +15,7 @@ import (
 func TestClaim(t *testing.T) {
 	db := testdb.New(t)
 	ctx := context.Background()
-	st, err := NewStore(ctx, db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := newTestStore(t, db)
 	now := time.Date(2026, 12, 1, 9, 0, 0, 0, time.UTC)
 	created := now.Add(-time.Minute)
 	for _, r := range []struct {
@@ -96,11 +92,7 @@ func TestDeferSkipsABlockerDeliveredSinceTheScan(t *testing.T) {
 	db := testdb.New(t)
 	db.Exec(t, "INSERT INTO room_events (rid, type, payload, created_at) VALUES ('R', 'room.closed', '{}', NOW(3)), ('R', 'room.closed', '{}', NOW(3))")
 	ctx := context.Background()
-	st, err := NewStore(ctx, db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := newTestStore(t, db)
 	// Another claimer delivers the first event between this claim's scan
 	// and its writes.
 	st.afterScan = func() {
@@ -123,4 +115,16 @@ func TestDeferSkipsABlockerDeliveredSinceTheScan(t *testing.T) {
 	if n := db.Count(t, "room_events WHERE rid = 'Q' AND claimed_by IS NULL AND next_attempt_at IS NOT NULL"); n != 1 {
 		t.Fatal("an event behind a pending one of its room was not deferred")
 	}
+}
+
+// newTestStore prepares the outbox's statements on db, closed when the
+// test ends.
+func newTestStore(t *testing.T, db *testdb.DB) *Store {
+	t.Helper()
+	st, err := NewStore(context.Background(), db.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }

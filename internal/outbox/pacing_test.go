@@ -66,13 +66,9 @@ func paceBacklog(t *testing.T, congested bool) int32 {
 	const batch, events = 4, 40
 	db := testdb.New(t)
 	db.SeedEvents(t, events, "CONCAT('P', s.n % 20)", "", "")
+	st := newTestStore(t, db)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := NewStore(ctx, db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	rc := &overlapReceiver{batch: batch, hold: 300 * time.Millisecond, seen: map[int64]int{}, joined: make(chan struct{})}
 	srv := httptest.NewServer(rc)
 	t.Cleanup(srv.Close)
@@ -135,13 +131,9 @@ func TestCatchUpTakesMoreLoopsWhileTheDatabaseHasRoom(t *testing.T) {
 // first, found by the first claim, always does).
 func streamOf(t *testing.T, windows, events int) int {
 	db := testdb.New(t)
+	st := newTestStore(t, db)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	st, err := NewStore(ctx, db.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	t.Cleanup(srv.Close)
 	d := NewDeliverer(st, Config{
