@@ -266,17 +266,24 @@ func (db *dbSession) hold() (reply, bool) {
 }
 
 // letGo gives back the slot and the pool, if held, feeding the round trips
-// to the adaptive bound, or halving it when the database work failed (or a
-// step panicked).
+// to the adaptive bound (unless they may have been cut short), or halving
+// it when the database work failed (or a step panicked).
 func (db *dbSession) letGo() {
 	if !db.held {
 		return
 	}
 	held := time.Since(db.heldFrom)
+	roundTrips := db.roundTrips
+	if db.ctx.Err() != nil {
+		// Its client went away or its time ran out: the last round trip
+		// may have been cut short, and a short one taken for the fastest
+		// would hold the bound at its floor for a minute.
+		roundTrips = 0
+	}
 	if db.stepFailed || db.inStep {
 		db.h.dbLimit.ReleaseFailed()
 	} else {
-		db.h.dbLimit.Release(held, db.roundTrips)
+		db.h.dbLimit.Release(held, roundTrips)
 	}
 	db.cancel()
 	db.h.db.Done()
