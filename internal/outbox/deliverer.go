@@ -61,24 +61,24 @@ type Config struct {
 	// database has been the bottleneck of the requests that come before
 	// the outbox (closes waiting for their slots,
 	// dblimit.Limiter.CongestedWindows; 0: it has room). The outbox gives
-	// way to sustained congestion (yieldWindows): a catch-up then
-	// works a tenth of the time (yieldShare), so that a drained backlog
-	// does not take the database the closes need, and the stream of new
-	// events waits a poll_interval between claims. At the first congested
+	// way to sustained congestion (yieldWindows): a catch-up then works a
+	// tenth of the time (yieldShare), so that a drained backlog does not
+	// take the database the closes need, and the stream of new events
+	// waits a poll_interval between claims. At the first congested
 	// window a catch-up stops its extra loops. Closes that merely happen,
 	// or queue for a moment, do not slow the stream: its lag stays within
 	// a batch or two of each close.
 	Congestion func() int
 }
 
-// yieldWindows congested windows in a row make the steady stream
-// wait a poll_interval between claims, and a catch-up work a tenth of the
-// time (dblimit.SustainedWindows: 0.5 to 1 s of closes queueing).
+// yieldWindows congested windows in a row make the steady stream wait a
+// poll_interval between claims, and a catch-up work a tenth of the time
+// (dblimit.SustainedWindows: 0.5 to 1 s of closes queueing).
 const yieldWindows = dblimit.SustainedWindows
 
 // yieldShare is the share of the time a catch-up works while congestion is
-// sustained (yieldWindows):
-// after each full batch it pauses nine times as long as the batch took.
+// sustained: after each full batch it pauses nine times as long as the
+// batch took.
 const yieldShare = 0.1
 
 // catchUpLoops is how many more claim loops run while more is due at once
