@@ -225,7 +225,7 @@ func TestReloadWhileTheDatabaseIsAway(t *testing.T) {
 	proxy.Down()
 
 	otherRoute := strings.Replace(e.caddy.Caddyfile, `respond /other "one"`, `respond /other "two"`, 1)
-	adminLoad(t, admin, otherRoute)
+	e.reload(t, admin, otherRoute)
 	if got := e.do(t, http.MethodGet, "/other", nil, ""); got.body != "two" {
 		t.Fatalf("the reload did not take: %d %q", got.status, got.body)
 	}
@@ -234,7 +234,7 @@ func TestReloadWhileTheDatabaseIsAway(t *testing.T) {
 
 	dsn := regexp.MustCompile(`dsn "([^"]*)"`).FindStringSubmatch(e.caddy.Caddyfile)[1]
 	newDSN := strings.Replace(otherRoute, dsn, dsn+"&timeout=4s", 1)
-	adminLoad(t, admin, newDSN)
+	e.reload(t, admin, newDSN)
 	e.expectPassThrough(t)
 	expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), 503, body503)
 

@@ -28,6 +28,16 @@ func adminLoad(t *testing.T, admin, caddyfile string) {
 	}
 }
 
+// reload loads caddyfile through the admin API and drops the test
+// client's idle connections: they belong to the previous config's server,
+// which closes them as it shuts down, and a request sent on one just then
+// meets EOF without reaching Caddy.
+func (e *env) reload(t *testing.T, admin, caddyfile string) {
+	t.Helper()
+	adminLoad(t, admin, caddyfile)
+	e.client.CloseIdleConnections()
+}
+
 // tryAdminLoad is adminLoad for a goroutine other than the test's.
 func tryAdminLoad(admin, caddyfile string) error {
 	resp, err := http.Post("http://"+admin+"/load", "text/caddyfile", strings.NewReader(caddyfile))
