@@ -96,7 +96,7 @@ func TestLeastPrivilegeGrants(t *testing.T) {
 	// The outbox app as the same user: started now, with the handler's
 	// config, as one Caddy process runs both.
 	caddyfile := strings.Replace(e.caddy.Caddyfile, "{\n", "{\n"+outboxGlobals(dsn, rc.URL, "retain 7d"), 1)
-	if err := testcaddy.Load(caddyfile); err != nil {
+	if err := e.load(caddyfile); err != nil {
 		t.Fatalf("loading the outbox app as the least-privilege user: %v", err)
 	}
 
@@ -181,7 +181,7 @@ func TestOutboxOnlyGrants(t *testing.T) {
 		return d.Cfg.FormatDSN()
 	}})
 	caddyfile := strings.Replace(e.caddy.Caddyfile, "{\n", "{\n"+outboxGlobals(outboxDSN, rc.URL, ""), 1)
-	if err := testcaddy.Load(caddyfile); err != nil {
+	if err := e.load(caddyfile); err != nil {
 		t.Fatalf("loading the outbox app as a user with only the outbox's grants: %v", err)
 	}
 	expect(t, e.post(t, closeBody(e.roomID, e.visitor.Token)), 200, `{"rid":"ROOM1","success":true}`)

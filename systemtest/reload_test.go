@@ -38,6 +38,13 @@ func (e *env) reload(t *testing.T, admin, caddyfile string) {
 	e.client.CloseIdleConnections()
 }
 
+// load is reload for a config loaded in the test's process.
+func (e *env) load(caddyfile string) error {
+	err := testcaddy.Load(caddyfile)
+	e.client.CloseIdleConnections()
+	return err
+}
+
 // tryAdminLoad is adminLoad for a goroutine other than the test's.
 func tryAdminLoad(admin, caddyfile string) error {
 	resp, err := http.Post("http://"+admin+"/load", "text/caddyfile", strings.NewReader(caddyfile))
