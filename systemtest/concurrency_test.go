@@ -22,25 +22,7 @@ func TestConcurrencyLimitRisesForADistantDatabase(t *testing.T) {
 	for i := range clients * perClient {
 		e.db.AddRoom(t, fmt.Sprintf("R%04d", i), e.visitor, e.roomTs, nil)
 	}
-	var wg sync.WaitGroup
-	failures := make(chan string, clients*perClient)
-	for w := range clients {
-		wg.Go(func() {
-			for j := range perClient {
-				rid := fmt.Sprintf("R%04d", w*perClient+j)
-				if got, err := e.tryPost(closeBody(rid, e.visitor.Token)); err != nil {
-					failures <- fmt.Sprintf("%s: %v", rid, err)
-				} else if got.status != 200 {
-					failures <- fmt.Sprintf("%s: %d %s", rid, got.status, got.body)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(failures)
-	for f := range failures {
-		t.Error(f)
-	}
+	closeConcurrently(t, e, clients, perClient)
 	limit := scrape(t, e)[fmt.Sprintf(`caddy_rocketchat_voip_db_concurrency_limit{database="tcp(%s)/%s"}`, proxy.Addr, e.db.Name)]
 	if limit <= 2 || limit > 16 {
 		t.Errorf("limit %v after %d closes by %d clients, want above db_concurrency 2 and at most max_open_conns 16", limit, clients*perClient, clients)
@@ -89,6 +71,17 @@ func TestHangUpsDoNotHoldTheBoundDown(t *testing.T) {
 			t.Fatalf("%v of %d hang-ups counted client_closed", metric(`caddy_rocketchat_voip_requests_total{outcome="client_closed"}`), hangUps)
 		}
 	}
+	closeConcurrently(t, e, clients, perClient)
+	limit := metric(fmt.Sprintf(`caddy_rocketchat_voip_db_concurrency_limit{database="tcp(%s)/%s"}`, proxy.Addr, e.db.Name))
+	if limit <= 2 {
+		t.Errorf("limit %v after %d hang-ups and %d closes by %d clients, want above db_concurrency 2", limit, hangUps, clients*perClient, clients)
+	}
+}
+
+// closeConcurrently closes rooms R0000… from clients clients at once,
+// perClient each, and fails the test for every close not answered 200.
+func closeConcurrently(t *testing.T, e *env, clients, perClient int) {
+	t.Helper()
 	var wg sync.WaitGroup
 	failures := make(chan string, clients*perClient)
 	for w := range clients {
@@ -107,9 +100,5 @@ func TestHangUpsDoNotHoldTheBoundDown(t *testing.T) {
 	close(failures)
 	for f := range failures {
 		t.Error(f)
-	}
-	limit := metric(fmt.Sprintf(`caddy_rocketchat_voip_db_concurrency_limit{database="tcp(%s)/%s"}`, proxy.Addr, e.db.Name))
-	if limit <= 2 {
-		t.Errorf("limit %v after %d hang-ups and %d closes by %d clients, want above db_concurrency 2", limit, hangUps, clients*perClient, clients)
 	}
 }
